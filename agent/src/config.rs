@@ -1,0 +1,438 @@
+//! Node configuration, shared by the agent and every plugin that runs on a node.
+//!
+//! Sources, later ones winning: built-in defaults ← TOML file (`/etc/clusterlab/clusterlab.toml`
+//! or `--config`) ← `CLUSTERLAB_*` environment variables (nested keys with `__`, e.g.
+//! `CLUSTERLAB_ETCD__HEARTBEAT_MS`). Unknown keys are errors that name the key and the source
+//! it came from, so a typo never silently falls back to a default.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Where a node looks for its configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/clusterlab/clusterlab.toml";
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "CLUSTERLAB_";
+
+/// Everything a node needs to know. See docs/CONTRACT.md for the meaning of each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node name, also its hostname and etcd member name (`node0`, `node1`, …).
+    pub name: String,
+    /// The node's IPv4 address on the cluster network.
+    pub ip: String,
+    /// Cluster name, used as etcd's initial cluster token.
+    pub cluster: String,
+    /// Every initial member as `name=ip`, comma separated, this node included.
+    pub peers: String,
+    /// Persistent per-node directory: etcd data and the node's keys live below it.
+    pub data_dir: PathBuf,
+    /// Directory shared by all nodes (the homework's /mnt).
+    pub shared_dir: PathBuf,
+    /// TTL of the node's lease, in seconds.
+    pub lease_ttl_s: u64,
+    /// How often the agent reads its own member's status to learn whether it leads.
+    pub leader_poll_ms: u64,
+    /// Port of the health API.
+    pub health_port: u16,
+    pub etcd: EtcdConfig,
+    pub ssh: SshConfig,
+    pub hosts: HostsConfig,
+    pub leader_service: LeaderServiceConfig,
+    /// Child processes the agent starts and restarts with backoff.
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// How the agent runs etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// The etcd executable.
+    pub bin: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// Raft heartbeat interval in milliseconds (etcd's default is 100).
+    pub heartbeat_ms: u64,
+    /// Raft election timeout in milliseconds (etcd's default is 1000).
+    pub election_ms: u64,
+    /// Seconds to wait for etcd to answer after it was started.
+    pub start_timeout_s: u64,
+}
+
+/// SSH settings used by `sshkeys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// The cluster user whose keys are shared.
+    pub user: String,
+}
+
+/// Settings used by `hostsgen`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostsConfig {
+    /// The hosts file to keep current (written in place).
+    pub file: PathBuf,
+}
+
+/// The service that runs on the leader only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderServiceConfig {
+    pub enabled: bool,
+    pub port: u16,
+    /// A program to run instead of the built-in service (empty: built-in).
+    pub command: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL when the service is stopped.
+    pub grace_s: u64,
+}
+
+/// One supervised child process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: String::new(),
+            ip: String::new(),
+            cluster: "clusterlab".into(),
+            peers: String::new(),
+            data_dir: "/data".into(),
+            shared_dir: "/shared".into(),
+            lease_ttl_s: 10,
+            leader_poll_ms: 200,
+            health_port: 8008,
+            etcd: EtcdConfig::default(),
+            ssh: SshConfig::default(),
+            hosts: HostsConfig::default(),
+            leader_service: LeaderServiceConfig::default(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            bin: "etcd".into(),
+            client_port: 2379,
+            peer_port: 2380,
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            start_timeout_s: 60,
+        }
+    }
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            user: "admin".into(),
+        }
+    }
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        HostsConfig {
+            file: "/etc/hosts".into(),
+        }
+    }
+}
+
+impl Default for LeaderServiceConfig {
+    fn default() -> Self {
+        LeaderServiceConfig {
+            enabled: true,
+            port: 8888,
+            command: Vec::new(),
+            grace_s: 5,
+        }
+    }
+}
+
+/// A configuration that could not be read or does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration: {0}")]
+    Load(String),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// One initial member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Parses `name=ip,name=ip`.
+pub fn parse_peers(s: &str) -> Result<Vec<Peer>, String> {
+    let mut peers = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, ip) = item
+            .split_once('=')
+            .ok_or_else(|| format!("entry {item:?} is not of the form name=ip"))?;
+        if !crate::schema::is_valid_label(name) {
+            return Err(format!("name {name:?} is not a valid hostname label"));
+        }
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("entry {item:?}: {ip:?} is not an IPv4 address"))?;
+        if peers.iter().any(|p: &Peer| p.name == name) {
+            return Err(format!("name {name:?} appears twice"));
+        }
+        if peers.iter().any(|p: &Peer| p.ip == ip) {
+            return Err(format!("address {ip} appears twice"));
+        }
+        peers.push(Peer {
+            name: name.into(),
+            ip,
+        });
+    }
+    if peers.is_empty() {
+        return Err("no peers given (expected name=ip,name=ip,…)".into());
+    }
+    Ok(peers)
+}
+
+impl Config {
+    /// The standard figment: defaults ← TOML file ← `CLUSTERLAB_*` environment.
+    /// A missing file is an error only when it was asked for explicitly.
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::Load(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                fig = fig.merge(Toml::file(path));
+            }
+            None => fig = fig.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        Ok(fig.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Loads and validates the configuration from the standard sources.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(&Self::figment(file)?)
+    }
+
+    /// Extracts and validates a configuration from any figment (tests pass their own).
+    pub fn from_figment(fig: &Figment) -> Result<Config, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| {
+            // Name every error with the key and the source it came from.
+            let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
+            ConfigError::Load(msgs.join("; "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid<T>(key: &'static str, reason: String) -> Result<T, ConfigError> {
+            Err(ConfigError::Invalid { key, reason })
+        }
+        if !crate::schema::is_valid_label(&self.name) {
+            return invalid(
+                "name",
+                format!("{:?} is not a valid hostname label", self.name),
+            );
+        }
+        let ip: Ipv4Addr = match self.ip.parse() {
+            Ok(ip) => ip,
+            Err(_) => return invalid("ip", format!("{:?} is not an IPv4 address", self.ip)),
+        };
+        let peers = match parse_peers(&self.peers) {
+            Ok(p) => p,
+            Err(r) => return invalid("peers", r),
+        };
+        match peers.iter().find(|p| p.name == self.name) {
+            None => {
+                return invalid(
+                    "peers",
+                    format!("this node ({}) is not among the peers", self.name),
+                )
+            }
+            Some(p) if p.ip != ip => {
+                return invalid(
+                    "peers",
+                    format!("lists {} at {} but ip is {ip}", self.name, p.ip),
+                )
+            }
+            Some(_) => {}
+        }
+        if self.lease_ttl_s < 2 {
+            return invalid("lease_ttl_s", format!("{} is below 2 s", self.lease_ttl_s));
+        }
+        if self.leader_poll_ms == 0 || self.leader_poll_ms > 250 {
+            return invalid(
+                "leader_poll_ms",
+                format!("{} is outside 1..=250", self.leader_poll_ms),
+            );
+        }
+        if self.etcd.heartbeat_ms == 0 || self.etcd.election_ms < 5 * self.etcd.heartbeat_ms {
+            return invalid(
+                "etcd.election_ms",
+                format!(
+                    "{} must be at least 5 × etcd.heartbeat_ms ({})",
+                    self.etcd.election_ms, self.etcd.heartbeat_ms
+                ),
+            );
+        }
+        for p in &self.plugins {
+            if p.command.is_empty() {
+                return invalid(
+                    "plugins",
+                    format!("plugin {:?} has an empty command", p.name),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The initial members, validated by [`Config::validate`].
+    pub fn peer_list(&self) -> Vec<Peer> {
+        parse_peers(&self.peers).unwrap_or_default()
+    }
+
+    /// The local etcd client endpoint.
+    pub fn local_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd.client_port)
+    }
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    let key = if e.path.is_empty() {
+        String::new()
+    } else {
+        format!(" at key `{}`", e.path.join("."))
+    };
+    let source = match &e.metadata {
+        Some(md) => match &md.source {
+            Some(src) => format!(" (from {} {src})", md.name),
+            None => format!(" (from {})", md.name),
+        },
+        None => String::new(),
+    };
+    format!("{}{key}{source}", e.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const GOOD: &str = r#"
+        name = "node1"
+        ip = "10.77.0.11"
+        peers = "node0=10.77.0.10,node1=10.77.0.11,node2=10.77.0.12"
+    "#;
+
+    #[test]
+    fn defaults_file_and_env_layer_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                &format!("{GOOD}\nlease_ttl_s = 7\n[etcd]\nheartbeat_ms = 50\n"),
+            )?;
+            jail.set_env("CLUSTERLAB_LEASE_TTL_S", "9");
+            jail.set_env("CLUSTERLAB_ETCD__ELECTION_MS", "600");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.lease_ttl_s, 9);
+            assert_eq!(c.etcd.heartbeat_ms, 50);
+            assert_eq!(c.etcd.election_ms, 600);
+            assert_eq!(c.health_port, 8008);
+            assert_eq!(c.peer_list().len(), 3);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", &format!("{GOOD}\nlease_tll_s = 7\n"))?;
+            let err = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("lease_tll_s"), "{err}");
+            assert!(err.contains("c.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_in_env_names_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", GOOD)?;
+            jail.set_env("CLUSTERLAB_ETCD__HEARTBEAT", "5");
+            let err = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("heartbeat"), "{err}");
+            assert!(err.to_lowercase().contains("environment"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/x.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/x.toml"), "{err}");
+    }
+
+    fn with(f: impl FnOnce(&mut Config)) -> Result<(), ConfigError> {
+        let mut c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(GOOD))
+            .extract()
+            .unwrap();
+        f(&mut c);
+        c.validate()
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        assert!(with(|_| {}).is_ok());
+        let cases: Vec<(Box<dyn FnOnce(&mut Config)>, &str)> = vec![
+            (Box::new(|c| c.name = "no_de".into()), "name"),
+            (Box::new(|c| c.ip = "10.77.0".into()), "ip"),
+            (Box::new(|c| c.ip = "10.77.0.99".into()), "peers"),
+            (Box::new(|c| c.peers = "node0=10.77.0.10".into()), "peers"),
+            (Box::new(|c| c.peers = "node1".into()), "peers"),
+            (Box::new(|c| c.lease_ttl_s = 1), "lease_ttl_s"),
+            (Box::new(|c| c.leader_poll_ms = 1000), "leader_poll_ms"),
+            (Box::new(|c| c.etcd.election_ms = 200), "etcd.election_ms"),
+        ];
+        for (f, key) in cases {
+            match with(f) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected error on {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn peers_reject_duplicates_and_garbage() {
+        assert!(parse_peers("a=10.0.0.1,a=10.0.0.2").is_err());
+        assert!(parse_peers("a=10.0.0.1,b=10.0.0.1").is_err());
+        assert!(parse_peers("a=10.0.0.1,b=x").is_err());
+        assert!(parse_peers("").is_err());
+        assert_eq!(parse_peers(" a=10.0.0.1 , b=10.0.0.2 ").unwrap().len(), 2);
+    }
+}

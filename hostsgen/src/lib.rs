@@ -1,0 +1,1 @@
+//! hostsgen: filled in by its own issue.

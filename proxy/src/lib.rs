@@ -1,0 +1,1 @@
+//! proxy: filled in by its own issue.

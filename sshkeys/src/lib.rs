@@ -1,0 +1,1 @@
+//! sshkeys: filled in by its own issue.

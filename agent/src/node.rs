@@ -61,10 +61,16 @@ impl NodeStatus {
 
     /// True when the last Status said leader and it is no older than `within`.
     pub fn is_leader_within(&self, within: Duration) -> bool {
+        self.is_leader_at(Instant::now(), within)
+    }
+
+    /// [`NodeStatus::is_leader_within`] as seen at `now`; callers with their own clock (the
+    /// leader service under a paused test clock) pass it in.
+    pub fn is_leader_at(&self, now: Instant, within: Duration) -> bool {
         self.role == Some(Role::Leader)
             && self
                 .leader_confirmed_at
-                .is_some_and(|t| t.elapsed() <= within)
+                .is_some_and(|t| now.saturating_duration_since(t) <= within)
     }
 }
 

@@ -72,7 +72,8 @@ pub async fn supervise(plugin: PluginConfig, grace: Duration, stop: Cancellation
     }
 }
 
-fn spawn(plugin: &PluginConfig) -> std::io::Result<Child> {
+/// Starts one plugin's process with its output forwarded into the agent's log.
+pub fn spawn(plugin: &PluginConfig) -> std::io::Result<Child> {
     let (prog, args) = plugin
         .command
         .split_first()

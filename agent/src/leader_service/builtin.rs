@@ -1,0 +1,521 @@
+//! The built-in leader service: a small HTTP service on `leader_service.port`.
+//!
+//! - `/`: an HTML page with the node's name and role, the clusterlab block of the hosts file
+//!   and the live nodes from etcd, so a browser behind the proxy shows which node serves.
+//! - `/api/status`: the same facts as JSON (`name`, `ip`, `role`, …), for checks and benches.
+//! - `/ws/echo`: a WebSocket that echoes every message, for checking upgrades end to end.
+//!
+//! Stopping it closes the listener at once (so the node stops answering on the port), tells
+//! open WebSockets to close, and gives in-flight requests the grace period before the server
+//! task is aborted.
+
+use super::{Launcher, LeaderServiceError};
+use crate::config::Config;
+use crate::node::NodeStatus;
+use crate::schema::{self, ClusterView, Member};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// First and last line of the clusterlab block in a hosts file.
+const BEGIN: &str = "# BEGIN clusterlab";
+const END: &str = "# END clusterlab";
+
+/// How long the page waits for etcd before showing the error instead of the nodes.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The lines between `# BEGIN clusterlab` and `# END clusterlab`, if the block is complete.
+pub fn hosts_block(text: &str) -> Option<Vec<&str>> {
+    let mut lines = text.lines().map(str::trim_end);
+    lines.find(|l| *l == BEGIN)?;
+    let mut block = Vec::new();
+    for l in lines {
+        if l == END {
+            return Some(block);
+        }
+        block.push(l);
+    }
+    None
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What the page shows; gathered by the handler, rendered by [`render_page`].
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub name: String,
+    pub ip: String,
+    pub role: String,
+    pub term: u64,
+    pub hosts_file: String,
+    /// The block's lines, or why they could not be read.
+    pub hosts: Result<Vec<String>, String>,
+    /// Live nodes and the leader key's node, or why etcd could not be read.
+    pub nodes: Result<(Vec<Member>, Option<String>), String>,
+}
+
+/// The HTML page; every value from outside is escaped.
+pub fn render_page(p: &Page) -> String {
+    let mut h = String::new();
+    let title = format!("clusterlab: {} ({})", escape(&p.name), escape(&p.role));
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:0 1em 0 0;text-align:left}}\
+         pre{{background:#f4f4f4;padding:.5em}}</style></head><body>\n\
+         <h1>{name}</h1>\n<p>Served by <b>{name}</b> ({ip}), role <b>{role}</b>, raft term {term}.</p>\n",
+        name = escape(&p.name),
+        ip = escape(&p.ip),
+        role = escape(&p.role),
+        term = p.term,
+    );
+    let _ = writeln!(h, "<h2>Hosts block ({})</h2>", escape(&p.hosts_file));
+    match &p.hosts {
+        Ok(lines) => {
+            let body: Vec<String> = lines.iter().map(|l| escape(l)).collect();
+            let _ = writeln!(h, "<pre>{}</pre>", body.join("\n"));
+        }
+        Err(e) => {
+            let _ = writeln!(h, "<p><i>{}</i></p>", escape(e));
+        }
+    }
+    h.push_str("<h2>Live nodes</h2>\n");
+    match &p.nodes {
+        Ok((nodes, leader)) => {
+            h.push_str("<table><tr><th>name</th><th>ip</th><th>role</th><th>member</th></tr>\n");
+            for m in nodes {
+                let mark = if leader.as_deref() == Some(m.name.as_str()) {
+                    " (leader key)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}{mark}</td><td>{}</td></tr>",
+                    escape(&m.name),
+                    m.ip,
+                    m.role,
+                    escape(&m.member_id)
+                );
+            }
+            h.push_str("</table>\n");
+        }
+        Err(e) => {
+            let _ = writeln!(h, "<p><i>etcd: {}</i></p>", escape(e));
+        }
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+#[derive(Clone)]
+struct AppState {
+    name: String,
+    ip: String,
+    hosts_file: PathBuf,
+    endpoint: String,
+    status: watch::Receiver<NodeStatus>,
+    etcd: Arc<Mutex<Option<etcd_client::Client>>>,
+    /// Cancelled when the service stops: open WebSockets close on it.
+    closing: CancellationToken,
+}
+
+/// The JSON of `/api/status`.
+#[derive(Debug, Serialize)]
+struct ApiStatus {
+    name: String,
+    ip: String,
+    role: String,
+    member_id: String,
+    raft_term: u64,
+    service: &'static str,
+    unix_ms: u64,
+}
+
+/// The built-in service's routes. `closing` ends open WebSockets when cancelled.
+pub fn router(
+    config: &Config,
+    status: watch::Receiver<NodeStatus>,
+    closing: CancellationToken,
+) -> Router {
+    let state = AppState {
+        name: config.name.clone(),
+        ip: config.ip.clone(),
+        hosts_file: config.hosts.file.clone(),
+        endpoint: config.local_endpoint(),
+        status,
+        etcd: Arc::new(Mutex::new(None)),
+        closing,
+    };
+    Router::new()
+        .route("/", get(page))
+        .route("/api/status", get(api_status))
+        .route("/ws/echo", get(ws_echo))
+        .with_state(state)
+}
+
+fn role_of(s: &NodeStatus) -> String {
+    s.role.map(|r| r.to_string()).unwrap_or("unknown".into())
+}
+
+async fn api_status(State(st): State<AppState>) -> Json<ApiStatus> {
+    let s = st.status.borrow().clone();
+    Json(ApiStatus {
+        name: st.name.clone(),
+        ip: st.ip.clone(),
+        role: role_of(&s),
+        member_id: s.member_id,
+        raft_term: s.raft_term,
+        service: "builtin",
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    })
+}
+
+async fn read_view(st: &AppState) -> Result<ClusterView, String> {
+    let mut guard = st.etcd.lock().await;
+    if guard.is_none() {
+        let c = tokio::time::timeout(ETCD_TIMEOUT, crate::etcd::connect(&st.endpoint))
+            .await
+            .map_err(|_| format!("connecting to {} timed out", st.endpoint))?
+            .map_err(|e| format!("connecting to {}: {e}", st.endpoint))?;
+        *guard = Some(c);
+    }
+    let Some(client) = guard.as_mut() else {
+        return Err("no etcd client".into());
+    };
+    let opts = etcd_client::GetOptions::new().with_prefix();
+    let resp =
+        match tokio::time::timeout(ETCD_TIMEOUT, client.get(schema::PREFIX, Some(opts))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(format!("reading {}: {e}", schema::PREFIX)),
+            Err(_) => return Err(format!("reading {} timed out", schema::PREFIX)),
+        };
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap_or(""), kv.value()));
+    let (view, errors) = ClusterView::from_kvs(kvs);
+    for e in errors {
+        tracing::warn!(error = %e, "skipping invalid cluster entry");
+    }
+    Ok(view)
+}
+
+async fn page(State(st): State<AppState>) -> Html<String> {
+    let s = st.status.borrow().clone();
+    let hosts = match tokio::fs::read_to_string(&st.hosts_file).await {
+        Ok(text) => match hosts_block(&text) {
+            Some(lines) => Ok(lines.into_iter().map(String::from).collect()),
+            None => Err("no complete clusterlab block yet".into()),
+        },
+        Err(e) => Err(format!("cannot read: {e}")),
+    };
+    let nodes = read_view(&st)
+        .await
+        .map(|v| (v.nodes, v.leader.map(|l| l.name)));
+    Html(render_page(&Page {
+        name: st.name.clone(),
+        ip: st.ip.clone(),
+        role: role_of(&s),
+        term: s.raft_term,
+        hosts_file: st.hosts_file.display().to_string(),
+        hosts,
+        nodes,
+    }))
+}
+
+async fn ws_echo(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let closing = st.closing.clone();
+    ws.on_upgrade(move |socket| echo(socket, closing))
+        .into_response()
+}
+
+async fn echo(mut socket: WebSocket, closing: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = closing.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if socket.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {} // pings are answered by the library
+            },
+        }
+    }
+}
+
+/// Starts the built-in service on `leader_service.port` of every interface.
+pub struct Builtin {
+    config: Config,
+    status: watch::Receiver<NodeStatus>,
+    grace: Duration,
+}
+
+impl Builtin {
+    pub fn new(config: &Config, status: watch::Receiver<NodeStatus>, grace: Duration) -> Self {
+        Builtin {
+            config: config.clone(),
+            status,
+            grace,
+        }
+    }
+}
+
+/// A running built-in service.
+pub struct RunningBuiltin {
+    closing: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Launcher for Builtin {
+    type Running = RunningBuiltin;
+
+    async fn start(&mut self) -> Result<RunningBuiltin, LeaderServiceError> {
+        let port = self.config.leader_service.port;
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|source| LeaderServiceError::Bind { port, source })?;
+        let closing = CancellationToken::new();
+        let app = router(&self.config, self.status.clone(), closing.clone());
+        let shutdown = closing.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        });
+        Ok(RunningBuiltin { closing, task })
+    }
+
+    async fn stop(&mut self, mut running: RunningBuiltin) {
+        running.closing.cancel();
+        if tokio::time::timeout(self.grace, &mut running.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = self.grace.as_secs(),
+                "leader service connections still open after the grace period; closing them"
+            );
+            running.task.abort();
+            let _ = running.task.await;
+        }
+    }
+
+    async fn ended(running: &mut RunningBuiltin) -> String {
+        match (&mut running.task).await {
+            Ok(Ok(())) => "server returned".into(),
+            Ok(Err(e)) => format!("server failed: {e}"),
+            Err(e) => format!("server task failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Role;
+    use futures::{SinkExt, StreamExt};
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn block_is_read_between_markers() {
+        let text = "127.0.0.1 localhost\n# BEGIN clusterlab\n10.77.0.12 host0 node2\n\
+                    10.77.0.10 host1 node0\n# END clusterlab\n::1 x\n";
+        assert_eq!(
+            hosts_block(text).unwrap(),
+            ["10.77.0.12 host0 node2", "10.77.0.10 host1 node0"]
+        );
+        assert_eq!(hosts_block("# BEGIN clusterlab\n10.0.0.1 host0 a\n"), None);
+        assert_eq!(hosts_block("10.0.0.1 host0 a\n# END clusterlab\n"), None);
+        assert_eq!(
+            hosts_block("# BEGIN clusterlab\n# END clusterlab\n"),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn page_escapes_everything_from_outside() {
+        let p = Page {
+            name: "node0".into(),
+            ip: "10.77.0.10".into(),
+            role: "leader".into(),
+            term: 3,
+            hosts_file: "/etc/hosts".into(),
+            hosts: Ok(vec!["10.0.0.1 host0 <script>".into()]),
+            nodes: Ok((
+                vec![Member {
+                    name: "node0".into(),
+                    ip: Ipv4Addr::new(10, 77, 0, 10),
+                    role: Role::Leader,
+                    member_id: "a&b".into(),
+                }],
+                Some("node0".into()),
+            )),
+        };
+        let html = render_page(&p);
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("a&amp;b"), "{html}");
+        assert!(html.contains("leader (leader key)"), "{html}");
+        assert!(html.contains("raft term 3"), "{html}");
+        let p = Page {
+            hosts: Err("cannot read: gone".into()),
+            nodes: Err("timed out".into()),
+            ..p
+        };
+        let html = render_page(&p);
+        assert!(html.contains("cannot read: gone"), "{html}");
+        assert!(html.contains("etcd: timed out"), "{html}");
+    }
+
+    fn test_config(port: u16, hosts: PathBuf) -> Config {
+        let mut c = Config {
+            name: "node3".into(),
+            ip: "10.77.0.13".into(),
+            ..Config::default()
+        };
+        c.leader_service.port = port;
+        c.hosts.file = hosts;
+        // Nothing listens here: the page must show the etcd error, not hang.
+        c.etcd.client_port = 1;
+        c
+    }
+
+    fn status() -> NodeStatus {
+        NodeStatus {
+            name: "node3".into(),
+            ip: "10.77.0.13".into(),
+            member_id: "abc".into(),
+            role: Some(Role::Leader),
+            raft_leader: Some("abc".into()),
+            raft_term: 4,
+            lease_id: None,
+            etcd_ok: true,
+            last_error: None,
+            leader_confirmed_at: None,
+        }
+    }
+
+    async fn free_port() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    async fn get(port: u16, path: &str) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn serves_page_status_and_echo_then_stops_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(
+            &hosts,
+            "127.0.0.1 localhost\n# BEGIN clusterlab\n10.77.0.13 host0 node3\n# END clusterlab\n",
+        )
+        .unwrap();
+        let port = free_port().await;
+        let (_tx, rx) = watch::channel(status());
+        let mut b = Builtin::new(&test_config(port, hosts), rx, Duration::from_secs(2));
+        let running = b.start().await.unwrap();
+
+        let api = get(port, "/api/status").await.unwrap();
+        assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+        let json: serde_json::Value =
+            serde_json::from_str(api.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["name"], "node3");
+        assert_eq!(json["ip"], "10.77.0.13");
+        assert_eq!(json["role"], "leader");
+
+        let page = get(port, "/").await.unwrap();
+        assert!(page.contains("10.77.0.13 host0 node3"), "{page}");
+        assert!(page.contains("etcd: "), "{page}");
+
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/echo"))
+                .await
+                .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+            .await
+            .unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), "hello");
+
+        // Stopping closes the open WebSocket and the port, well within the grace period.
+        let t = std::time::Instant::now();
+        b.stop(running).await;
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Either a Close frame, an error or the end of the stream: the socket is gone.
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(m) = ws.next().await {
+                if matches!(
+                    m,
+                    Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_)
+                ) {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the WebSocket stayed open after stop");
+        let err = get(port, "/api/status").await;
+        assert!(err.is_err(), "still answering after stop: {err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_port_is_a_bind_error() {
+        let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (_tx, rx) = watch::channel(status());
+        let mut b = Builtin::new(
+            &test_config(port, "/nonexistent".into()),
+            rx,
+            Duration::from_secs(1),
+        );
+        match b.start().await {
+            Err(LeaderServiceError::Bind { port: p, .. }) => assert_eq!(p, port),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("bound a busy port"),
+        }
+    }
+}

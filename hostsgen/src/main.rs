@@ -1,6 +1,129 @@
-//! `hostsgen` binary: filled in by its own issue.
+//! `hostsgen`: command-line wiring for the hosts generator; the work is in the library.
 
-fn main() {
-    eprintln!("hostsgen: not implemented yet");
-    std::process::exit(2);
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// clusterlab hosts generator: renders the cluster's hosts block from etcd, leader = host0,
+/// followers host1, host2 … in ascending IP order, node names as aliases.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Node configuration file (default: /etc/clusterlab/clusterlab.toml if it exists).
+    /// CLUSTERLAB_* environment variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the hosts block once, read from etcd or from a JSON file.
+    #[command(after_long_help = FROM_JSON_HELP)]
+    Render {
+        /// etcd client URLs, comma separated (default: this node's local member from the
+        /// configuration).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// Render offline from a JSON cluster description instead of etcd ("-" for stdin).
+        #[arg(long, value_name = "FILE", conflicts_with = "endpoints")]
+        from_json: Option<PathBuf>,
+    },
+    /// Keep /etc/hosts (and, on the leader, <shared_dir>/hosts) current: read /clusterlab/,
+    /// then follow an etcd watch. Runs until SIGTERM; the agent supervises it as a plugin.
+    Watch {
+        /// etcd client URLs, comma separated (default: this node's local member).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// Hosts file to keep current (default: hosts.file from the configuration).
+        #[arg(long)]
+        hosts_file: Option<PathBuf>,
+    },
+}
+
+const FROM_JSON_HELP: &str = r#"JSON cluster description for --from-json:
+  {
+    "leader": {"name": "node2", "ip": "10.77.0.12", "member_id": "8e9e05c52164694d"},
+    "nodes": [
+      {"name": "node0", "ip": "10.77.0.10", "role": "follower", "member_id": "1", "since": 0},
+      {"name": "node1", "ip": "10.77.0.11"},
+      {"name": "node2", "ip": "10.77.0.12"}
+    ]
+  }
+"leader" is the value of /clusterlab/leader and may be left out (then there is no host0);
+each node is the value of /clusterlab/nodes/<name>, of which only name and ip are required.
+Unknown fields are errors. Entries whose name is not a hostname label or whose ip is not
+IPv4 are skipped with a warning on stderr, exactly as when reading etcd.
+
+Example output:
+  # BEGIN clusterlab
+  10.77.0.12 host0 node2
+  10.77.0.10 host1 node0
+  10.77.0.11 host2 node1
+  # END clusterlab"#;
+
+fn endpoints_or_local(
+    endpoints: Vec<String>,
+    config: Option<&Path>,
+) -> anyhow::Result<Vec<String>> {
+    if !endpoints.is_empty() {
+        return Ok(endpoints);
+    }
+    Ok(vec![agent::Config::load(config)?.local_endpoint()])
+}
+
+fn read_json(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin()).context("reading stdin");
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn warn_all(errors: &[agent::schema::SchemaError]) {
+    for e in errors {
+        tracing::warn!(problem = %e, "skipping an entry");
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    agent::init_tracing();
+    match args.command {
+        Command::Render {
+            from_json: Some(path),
+            ..
+        } => {
+            let (view, errors) = hostsgen::offline::parse(&read_json(&path)?)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            warn_all(&errors);
+            print!("{}", hostsgen::render(&view));
+        }
+        Command::Render { endpoints, .. } => {
+            let endpoints = endpoints_or_local(endpoints, args.config.as_deref())?;
+            let (view, errors) = hostsgen::watch::read_view(&endpoints).await?;
+            warn_all(&errors);
+            print!("{}", hostsgen::render(&view));
+        }
+        Command::Watch {
+            endpoints,
+            hosts_file,
+        } => {
+            let config = agent::Config::load(args.config.as_deref())?;
+            let endpoints = if endpoints.is_empty() {
+                vec![config.local_endpoint()]
+            } else {
+                endpoints
+            };
+            let settings = hostsgen::watch::Settings {
+                endpoints,
+                node: config.name.clone(),
+                hosts_file: hosts_file.unwrap_or(config.hosts.file.clone()),
+                shared_hosts: config.shared_dir.join("hosts"),
+            };
+            hostsgen::watch::run(settings, agent::shutdown_signal()).await;
+        }
+    }
+    Ok(())
 }

@@ -333,6 +333,7 @@ fn describe_figment_error(e: &figment::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err, clippy::type_complexity)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -1,0 +1,251 @@
+//! The `harness` command line: argument types and the code behind each subcommand.
+
+use crate::cluster::{self, Cluster, ClusterSpec};
+use crate::images::{ensure_images, ImageOptions};
+use crate::names::{Subnet, DEFAULT_CLUSTER, DEFAULT_SUBNET};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// clusterlab harness: build the node image with no registry, run an N-node etcd cluster in
+/// Docker, break it (kill leaders and followers) and see it keep working.
+///
+/// Typical session:
+///   harness up                 # builds what is missing, starts 3 nodes, prints the status
+///   harness status             # etcd's own view and the /clusterlab/ keys
+///   harness kill leader        # SIGKILL the raft leader's container
+///   harness start node1        # bring a node back with its identity
+///   harness down               # remove every container, network and volume of the cluster
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build the base image (from Debian packages) and the node image if they are missing.
+    Images(ImagesArgs),
+    /// Bring up a cluster and print its status and how to reach the nodes.
+    Up(UpArgs),
+    /// Show each node's container state, etcd role and keys.
+    Status(StatusArgs),
+    /// SIGKILL a node: `leader`, `follower` or a node name such as `node1`.
+    Kill(TargetArgs),
+    /// Start a stopped or killed node again (it rejoins with its data and keys).
+    Start(TargetArgs),
+    /// Remove every container, network and volume labelled with the cluster's name.
+    Down(NameArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImagesArgs {
+    /// Rebuild the base and node images even if they exist.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Use this base image if it is present locally (e.g. debian:bookworm-slim).
+    #[arg(long)]
+    pub base_image: Option<String>,
+    /// Debian suite for the base image (default: the host's, else bookworm).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// Debian mirror for debootstrap (default: from the host's apt sources).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// The clusterlab source tree (default: the one this harness was built from).
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+}
+
+impl ImagesArgs {
+    pub fn options(&self) -> ImageOptions {
+        let mut o = ImageOptions::for_workspace(
+            self.workspace
+                .clone()
+                .unwrap_or_else(crate::images::default_workspace),
+        );
+        o.rebuild = self.rebuild;
+        o.base_image = self.base_image.clone();
+        if let Some(s) = &self.suite {
+            o.suite = s.clone();
+        }
+        o.mirror = self.mirror.clone();
+        o
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub nodes: u16,
+    /// Cluster name: prefixes every Docker object (NAME-net, NAME-node0 …).
+    #[arg(long, default_value = DEFAULT_CLUSTER)]
+    pub name: String,
+    /// Subnet of the cluster's bridge network; node i gets host address 10+i.
+    #[arg(long, default_value = DEFAULT_SUBNET)]
+    pub subnet: Subnet,
+    /// TTL in seconds of each node's lease.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Do not start the gateway (the proxy that follows the leader).
+    #[arg(long)]
+    pub no_gateway: bool,
+    /// Port on 127.0.0.1 where the gateway is published (0: any free port).
+    #[arg(long, default_value_t = 8888)]
+    pub port: u16,
+    /// Extra node setting as KEY=VALUE, e.g. CLUSTERLAB_ETCD__ELECTION_MS=500 (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[command(flatten)]
+    pub images: ImagesArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    /// Cluster name.
+    #[arg(long, default_value = DEFAULT_CLUSTER)]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long, default_value = DEFAULT_CLUSTER)]
+    pub name: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// `leader`, `follower`, or a node name (node0, node1 …).
+    pub target: String,
+    #[arg(long, default_value = DEFAULT_CLUSTER)]
+    pub name: String,
+}
+
+/// Runs one subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Images(a) => {
+            let docker = crate::docker::connect().await?;
+            let images = ensure_images(&docker, &a.options()).await?;
+            println!("base image: {}\nnode image: {}", images.base, images.node);
+        }
+        Command::Up(a) => up(a).await?,
+        Command::Status(a) => {
+            let docker = crate::docker::connect().await?;
+            let c = Cluster::discover(&docker, &a.name).await?;
+            let st = c.status().await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", st.table());
+            }
+        }
+        Command::Kill(a) => {
+            let docker = crate::docker::connect().await?;
+            let c = Cluster::discover(&docker, &a.name).await?;
+            let node = pick_target(&c, &a.target).await?;
+            c.kill(&node).await?;
+            println!("killed {node} ({})", c.container_name(&node)?);
+        }
+        Command::Start(a) => {
+            let docker = crate::docker::connect().await?;
+            let c = Cluster::discover(&docker, &a.name).await?;
+            c.start(&a.target).await?;
+            println!("started {}", c.container_name(&a.target)?);
+        }
+        Command::Down(a) => {
+            let docker = crate::docker::connect().await?;
+            let n = cluster::down(&docker, &a.name).await?;
+            let left = cluster::list_objects(&docker, &a.name).await?;
+            if left.is_empty() {
+                println!("removed {n} objects of cluster {}; nothing labelled clusterlab.cluster={} is left", a.name, a.name);
+            } else {
+                anyhow::bail!("objects of {} are still present: {left:?}", a.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `leader`, `follower` or a node name to a node name.
+pub async fn pick_target(c: &Cluster, target: &str) -> anyhow::Result<String> {
+    match target {
+        "leader" => c
+            .etcd_leader()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no node reports itself as etcd leader right now")),
+        "follower" => {
+            let st = c.status().await?;
+            st.nodes
+                .iter()
+                .find(|n| n.state == "running" && n.etcd_role.as_deref() == Some("follower"))
+                .map(|n| n.name.clone())
+                .ok_or_else(|| anyhow::anyhow!("no running follower: {}", st.summary()))
+        }
+        name => {
+            c.resolve(name)?;
+            Ok(name
+                .strip_prefix(&format!("{}-", c.spec.name))
+                .unwrap_or(name)
+                .to_string())
+        }
+    }
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let docker = crate::docker::connect().await?;
+    let images = ensure_images(&docker, &a.images.options()).await?;
+    let mut spec = ClusterSpec::new(&a.name, a.nodes as usize, &images.node);
+    spec.subnet = a.subnet;
+    spec.lease_ttl_s = a.lease_ttl;
+    spec.gateway = !a.no_gateway;
+    spec.gateway_port = a.port;
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--env {kv:?} is not KEY=VALUE"))?;
+        if !k.starts_with(agent::config::ENV_PREFIX) {
+            anyhow::bail!(
+                "--env {k}: node settings start with {}",
+                agent::config::ENV_PREFIX
+            );
+        }
+        spec.env.push((k.into(), v.into()));
+    }
+    spec.ready_timeout = Duration::from_secs(120);
+    let c = Cluster::up(&docker, spec).await?;
+    let st = c.status().await?;
+    println!(
+        "cluster {} is up ({} nodes, image {})\n",
+        c.spec.name, c.spec.nodes, c.spec.image
+    );
+    print!("{}", st.table());
+    let n0 = c.names.node_container(0);
+    println!("\nReach it:");
+    println!("  docker exec -it {n0} bash                          # a shell on node0");
+    println!(
+        "  docker exec {n0} etcdctl --endpoints {} get --prefix /clusterlab/",
+        c.etcd_endpoints().join(",")
+    );
+    println!(
+        "  curl http://{}:8008/health                       # any node's health API",
+        c.spec.node_ip(0)
+    );
+    if let Some(g) = &st.gateway {
+        if let Some(url) = &g.url {
+            println!(
+                "  {url}                                # the leader's service through the gateway"
+            );
+        }
+    }
+    println!(
+        "  harness kill leader | harness status | harness down --name {}",
+        c.spec.name
+    );
+    Ok(())
+}

@@ -1,0 +1,759 @@
+//! Images with no registry: the base image from Debian packages (debootstrap, apt inside the
+//! new root, import) and the node image (base + the workspace's binaries), tagged by a content
+//! hash so an unchanged tree is not rebuilt.
+//!
+//! The workspace binaries are built on the host and copied in, so they must run on the
+//! image's C library. The base image is made from the host's own Debian release when the host
+//! is Debian, and every node image is smoke-tested (each binary's shared libraries resolve and
+//! `agent --version` runs) before it is used; see README "Images".
+
+use crate::docker::{ctx, HarnessError, Result};
+use crate::progress::Step;
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, LogsOptions,
+    RemoveContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Repository of the node image; the tag is a content hash.
+pub const NODE_REPO: &str = "clusterlab-node";
+/// Repository of the base image made from Debian packages; the tag is the Debian suite.
+pub const BASE_REPO: &str = "clusterlab-base";
+/// The workspace binaries that go into the node image.
+pub const NODE_BINARIES: [&str; 4] = ["agent", "hostsgen", "sshkeys", "proxy"];
+/// Debian packages installed into the base image.
+pub const BASE_PACKAGES: [&str; 10] = [
+    "etcd-server",
+    "etcd-client",
+    "openssh-server",
+    "openssh-client",
+    "iproute2",
+    "iptables",
+    "ca-certificates",
+    "procps",
+    "python3",
+    "curl",
+];
+/// The cargo profile (see the workspace Cargo.toml) and target dir used for image binaries.
+/// A separate target dir keeps `cargo test`'s own lock free while the harness builds.
+pub const BIN_PROFILE: &str = "node";
+const BIN_TARGET_DIR: &str = "target/node-image";
+const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to build and from where.
+#[derive(Debug, Clone)]
+pub struct ImageOptions {
+    /// Root of the clusterlab workspace (holds Cargo.toml and images/).
+    pub workspace: PathBuf,
+    /// A base image to use if it exists locally (e.g. `debian:bookworm-slim`); when absent,
+    /// `clusterlab-base:<suite>` is made from Debian packages.
+    pub base_image: Option<String>,
+    /// Debian suite of the base image.
+    pub suite: String,
+    /// Debian mirror for debootstrap (default: the host's apt sources, else deb.debian.org).
+    pub mirror: Option<String>,
+    /// Rebuild even when an image with the right tag exists.
+    pub rebuild: bool,
+}
+
+impl ImageOptions {
+    /// Defaults for this workspace: the host's Debian suite (or bookworm) and mirror.
+    pub fn for_workspace(workspace: PathBuf) -> Self {
+        ImageOptions {
+            workspace,
+            base_image: None,
+            suite: host_debian_suite().unwrap_or_else(|| "bookworm".into()),
+            mirror: None,
+            rebuild: false,
+        }
+    }
+}
+
+/// The images a cluster runs.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub base: String,
+    pub node: String,
+}
+
+/// The workspace this harness was built from.
+pub fn default_workspace() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// The host's Debian codename, if the host is Debian.
+pub fn host_debian_suite() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    parse_os_release_suite(&text)
+}
+
+/// Extracts VERSION_CODENAME from an os-release text when ID is debian.
+pub fn parse_os_release_suite(text: &str) -> Option<String> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    (get("ID").as_deref() == Some("debian"))
+        .then(|| get("VERSION_CODENAME"))
+        .flatten()
+        .filter(|s| !s.is_empty())
+}
+
+/// Finds a Debian archive URI in apt sources (one-line or deb822 format).
+pub fn parse_debian_mirror(sources: &str) -> Option<String> {
+    for line in sources.lines().map(str::trim) {
+        let candidates: Vec<&str> = if let Some(rest) = line.strip_prefix("URIs:") {
+            rest.split_whitespace().collect()
+        } else if let Some(rest) = line.strip_prefix("deb ") {
+            rest.split_whitespace()
+                .filter(|w| !w.starts_with('['))
+                .take(1)
+                .collect()
+        } else {
+            continue;
+        };
+        for uri in candidates {
+            let uri = uri.trim_end_matches('/');
+            if (uri.starts_with("http://") || uri.starts_with("https://"))
+                && uri.ends_with("/debian")
+            {
+                return Some(uri.to_string());
+            }
+        }
+    }
+    None
+}
+
+fn host_mirror() -> String {
+    let mut text = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            text.push('\n');
+            text.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+        }
+    }
+    parse_debian_mirror(&text).unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
+/// True when an image with this name exists locally.
+pub async fn image_exists(docker: &Docker, name: &str) -> Result<bool> {
+    match docker.inspect_image(name).await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::docker::is_not_found(&e) => Ok(false),
+        Err(e) => ctx(format!("inspecting image {name}"), Err(e)),
+    }
+}
+
+/// Makes sure the base and node images exist, building what is missing.
+pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Images> {
+    let base = ensure_base(docker, opts).await?;
+    let node = ensure_node(docker, opts, &base).await?;
+    Ok(Images { base, node })
+}
+
+/// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
+/// made from Debian packages when missing.
+pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String> {
+    if let Some(configured) = &opts.base_image {
+        if image_exists(docker, configured).await? {
+            return Ok(configured.clone());
+        }
+        eprintln!(
+            "note: base image {configured} is not present locally and cannot be pulled here; making {BASE_REPO}:{} from Debian packages instead",
+            opts.suite
+        );
+    }
+    let name = format!("{BASE_REPO}:{}", opts.suite);
+    if !opts.rebuild && image_exists(docker, &name).await? {
+        return Ok(name);
+    }
+    build_base(docker, opts, &name).await?;
+    Ok(name)
+}
+
+async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<()> {
+    check_base_prerequisites()?;
+    let mirror = opts.mirror.clone().unwrap_or_else(host_mirror);
+    let root = PathBuf::from(format!("/var/tmp/clusterlab-rootfs-{}", std::process::id()));
+    let guard = RootfsGuard { root: root.clone() };
+    let _ = std::fs::remove_dir_all(&root);
+
+    let step = Step::start(format!(
+        "debootstrap {} (minbase) from {mirror}",
+        opts.suite
+    ));
+    run_logged(
+        &step,
+        "debootstrap",
+        &[
+            "--variant=minbase",
+            &opts.suite,
+            &root.display().to_string(),
+            &mirror,
+        ],
+    )
+    .await?;
+    step.done();
+
+    let step = Step::start(format!(
+        "installing {} into the new root",
+        BASE_PACKAGES.join(" ")
+    ));
+    let _ = std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"));
+    // Services must not start inside the chroot.
+    write(
+        &root.join("usr/sbin/policy-rc.d"),
+        "#!/bin/sh\nexit 101\n",
+        0o755,
+    )?;
+    run_logged(
+        &step,
+        "mount",
+        &[
+            "-t",
+            "proc",
+            "proc",
+            &root.join("proc").display().to_string(),
+        ],
+    )
+    .await?;
+    let r = root.display().to_string();
+    run_logged(&step, "chroot", &[&r, "apt-get", "update"]).await?;
+    let mut args = vec![
+        r.as_str(),
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+    ];
+    args.extend(BASE_PACKAGES);
+    run_logged(&step, "chroot", &args).await?;
+    run_logged(
+        &step,
+        "sh",
+        &[
+            "-c",
+            // Trim: docs, man pages, locales, apt lists and caches; no baked-in host keys
+            // (each node makes its own and keeps it on its volume).
+            &format!(
+                "set -e; R={r}; umount $R/proc; \
+                 rm -rf $R/usr/share/doc/* $R/usr/share/man/* $R/usr/share/info/* \
+                        $R/var/lib/apt/lists/* $R/var/cache/apt/*.bin $R/var/cache/apt/archives/*.deb \
+                        $R/var/log/*.log $R/etc/ssh/ssh_host_* $R/usr/sbin/policy-rc.d; \
+                 find $R/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'C.*' -exec rm -rf {{}} +; \
+                 : > $R/etc/resolv.conf"
+            ),
+        ],
+    )
+    .await?;
+    step.done();
+
+    let step = Step::start(format!("importing the root as {name}"));
+    let mut tar = tokio::process::Command::new("tar")
+        .args(["-C", &r, "--numeric-owner", "-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| HarnessError::Io {
+            what: "starting tar".into(),
+            source,
+        })?;
+    let stdout = tar
+        .stdout
+        .take()
+        .ok_or_else(|| HarnessError::Image("tar has no stdout".into()))?;
+    let body = bollard::body_try_stream(tokio_util_reader(stdout));
+    let (repo, tag) = name.split_once(':').unwrap_or((name, "latest"));
+    let options = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        changes: vec![format!("ENV {PATH_ENV}")],
+        ..Default::default()
+    };
+    let mut stream = docker.create_image(Some(options), Some(body), None);
+    while let Some(item) = stream.next().await {
+        let info = ctx(format!("importing {name}"), item)?;
+        if let Some(s) = info.status {
+            step.detail(&s);
+        }
+    }
+    let status = tar.wait().await.map_err(|source| HarnessError::Io {
+        what: "waiting for tar".into(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(HarnessError::Image(format!(
+            "tar of the new root failed ({status})"
+        )));
+    }
+    step.done();
+    drop(guard);
+    Ok(())
+}
+
+fn tokio_util_reader(
+    r: tokio::process::ChildStdout,
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::unfold(r, |mut r| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), r))
+            }
+            Err(e) => Some((Err(e), r)),
+        }
+    })
+}
+
+/// Removes the temporary root (unmounting /proc first) even when a step failed.
+struct RootfsGuard {
+    root: PathBuf,
+}
+
+impl Drop for RootfsGuard {
+    fn drop(&mut self) {
+        let proc_dir = self.root.join("proc");
+        let _ = std::process::Command::new("umount")
+            .arg(&proc_dir)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)
+        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .map_err(|source| HarnessError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+}
+
+fn which(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+fn check_base_prerequisites() -> Result<()> {
+    for (prog, pkg) in [
+        ("debootstrap", "debootstrap"),
+        ("chroot", "coreutils"),
+        ("tar", "tar"),
+    ] {
+        let found = which(prog) || Path::new("/usr/sbin").join(prog).is_file();
+        if !found {
+            return Err(HarnessError::Image(format!(
+                "{prog} not found: it is needed to make the base image from Debian packages.\n  fix: apt-get install {pkg}   (or load a base image and pass --base-image NAME)"
+            )));
+        }
+    }
+    if !nix_is_root() {
+        return Err(HarnessError::Image(
+            "making the base image needs root (debootstrap and chroot).\n  fix: run `sudo harness images` once; later runs reuse the image".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a command, showing its output lines as step details; on failure the error carries
+/// the last lines of output.
+async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
+    let mut child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("PATH", PATH_ENV.trim_start_matches("PATH="))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| HarnessError::Io {
+            what: format!("starting {prog}"),
+            source,
+        })?;
+    let mut tail: std::collections::VecDeque<String> = Default::default();
+    let out = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let err = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let (mut out, mut err) = (out, err);
+    loop {
+        let line = tokio::select! {
+            l = async { match out.as_mut() { Some(o) => o.next_line().await, None => std::future::pending().await } } => match l {
+                Ok(Some(l)) => Some(l),
+                _ => { out = None; None }
+            },
+            l = async { match err.as_mut() { Some(e) => e.next_line().await, None => std::future::pending().await } } => match l {
+                Ok(Some(l)) => Some(l),
+                _ => { err = None; None }
+            },
+        };
+        if let Some(l) = line {
+            step.detail(&l);
+            tail.push_back(l);
+            if tail.len() > 15 {
+                tail.pop_front();
+            }
+        }
+        if out.is_none() && err.is_none() {
+            break;
+        }
+    }
+    let status = child.wait().await.map_err(|source| HarnessError::Io {
+        what: format!("waiting for {prog}"),
+        source,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::Image(format!(
+            "{prog} {} failed ({status}); last output:\n{}",
+            args.join(" "),
+            tail.into_iter().collect::<Vec<_>>().join("\n")
+        )))
+    }
+}
+
+/// Builds the workspace binaries for the image with the `node` profile.
+pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
+    let step = Step::start("building agent, hostsgen, sshkeys and proxy for the node image");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = workspace.join(BIN_TARGET_DIR);
+    let mut cmd = tokio::process::Command::new(&cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--profile", BIN_PROFILE, "--bins"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for b in NODE_BINARIES {
+        cmd.args(["-p", b]);
+    }
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .map_err(|source| HarnessError::Io {
+            what: format!("running {cargo} build"),
+            source,
+        })?;
+    if !status.success() {
+        return Err(HarnessError::Image(format!(
+            "building the node binaries failed ({status}); run `cargo build --profile {BIN_PROFILE} --bins` in {} to see why",
+            workspace.display()
+        )));
+    }
+    step.done();
+    Ok(target_dir.join(BIN_PROFILE))
+}
+
+/// The node image's build context: Dockerfile, default config and binaries.
+pub struct NodeContext {
+    pub files: Vec<(String, Vec<u8>, u32)>,
+}
+
+impl NodeContext {
+    /// Reads the context from the workspace and the built binaries.
+    pub fn load(workspace: &Path, bin_dir: &Path) -> Result<NodeContext> {
+        let read = |p: PathBuf| {
+            std::fs::read(&p).map_err(|source| HarnessError::Io {
+                what: format!("reading {}", p.display()),
+                source,
+            })
+        };
+        let mut files = vec![
+            (
+                "Dockerfile".to_string(),
+                read(workspace.join("images/node/Dockerfile"))?,
+                0o644,
+            ),
+            (
+                "clusterlab.toml".to_string(),
+                read(workspace.join("images/node/clusterlab.toml"))?,
+                0o644,
+            ),
+        ];
+        for b in NODE_BINARIES {
+            files.push((format!("bin/{b}"), read(bin_dir.join(b))?, 0o755));
+        }
+        Ok(NodeContext { files })
+    }
+
+    /// Content hash over every file and the base image id: the node image's tag.
+    pub fn hash(&self, base_id: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(base_id.as_bytes());
+        for (name, data, mode) in &self.files {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(mode.to_le_bytes());
+            h.update((data.len() as u64).to_le_bytes());
+            h.update(data);
+        }
+        hex::encode(h.finalize())[..16].to_string()
+    }
+
+    /// The context as a tar archive.
+    pub fn tar(&self) -> Result<Vec<u8>> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data, mode) in &self.files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(*mode);
+            header.set_mtime(0);
+            header.set_cksum();
+            b.append_data(&mut header, name, data.as_slice())
+                .map_err(|source| HarnessError::Io {
+                    what: format!("adding {name} to the build context"),
+                    source,
+                })?;
+        }
+        b.into_inner().map_err(|source| HarnessError::Io {
+            what: "finishing the build context".into(),
+            source,
+        })
+    }
+}
+
+/// The node image for this tree, built if an image with its content hash is missing.
+pub async fn ensure_node(docker: &Docker, opts: &ImageOptions, base: &str) -> Result<String> {
+    let bin_dir = build_binaries(&opts.workspace).await?;
+    let context = NodeContext::load(&opts.workspace, &bin_dir)?;
+    let base_id = ctx(
+        format!("inspecting base image {base}"),
+        docker.inspect_image(base).await,
+    )?
+    .id
+    .unwrap_or_default();
+    let tag = format!("{NODE_REPO}:{}", context.hash(&base_id));
+    if !opts.rebuild && image_exists(docker, &tag).await? {
+        eprintln!("==> node image {tag} is up to date");
+        return Ok(tag);
+    }
+    let step = Step::start(format!("building node image {tag} from {base}"));
+    let body = bollard::body_full(context.tar()?.into());
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(tag.clone()),
+        rm: true,
+        forcerm: true,
+        buildargs: Some(HashMap::from([("BASE".to_string(), base.to_string())])),
+        labels: Some(HashMap::from([(
+            "clusterlab.image".to_string(),
+            "node".to_string(),
+        )])),
+        ..Default::default()
+    };
+    let mut stream = docker.build_image(options, None, Some(body));
+    while let Some(item) = stream.next().await {
+        let info = ctx(format!("building {tag}"), item)?;
+        if let Some(s) = info.stream {
+            let s = s.trim();
+            if !s.is_empty() {
+                step.detail(s);
+            }
+        }
+    }
+    step.done();
+    let step = Step::start(format!("checking that the binaries run in {tag}"));
+    smoke_test(docker, &tag).await?;
+    step.done();
+    let _ = docker
+        .tag_image(
+            &tag,
+            Some(bollard::query_parameters::TagImageOptions {
+                repo: Some(NODE_REPO.into()),
+                tag: Some("latest".into()),
+            }),
+        )
+        .await;
+    Ok(tag)
+}
+
+/// Runs `script` in a throw-away container of `image`; returns exit code and output.
+pub async fn run_oneshot(docker: &Docker, image: &str, script: &str) -> Result<(i64, String)> {
+    let name = format!(
+        "clusterlab-oneshot-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    );
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(image.into()),
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+        cmd: Some(vec![script.into()]),
+        labels: Some(HashMap::from([("clusterlab.oneshot".into(), "1".into())])),
+        ..Default::default()
+    };
+    ctx(
+        format!("creating a check container from {image}"),
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await,
+    )?;
+    let result = async {
+        ctx(
+            format!("starting check container {name}"),
+            docker.start_container(&name, None).await,
+        )?;
+        let mut code = 0;
+        let mut wait = docker.wait_container(&name, None::<WaitContainerOptions>);
+        while let Some(r) = wait.next().await {
+            match r {
+                Ok(w) => code = w.status_code,
+                Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = c,
+                Err(e) => return ctx(format!("waiting for {name}"), Err(e)),
+            }
+        }
+        let mut out = String::new();
+        let mut logs = docker.logs(
+            &name,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(chunk)) = logs.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        Ok((code, out))
+    }
+    .await;
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    result
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+async fn smoke_test(docker: &Docker, image: &str) -> Result<()> {
+    let script = format!(
+        "set -e; for b in {}; do \
+           if ldd /usr/local/bin/$b 2>&1 | grep -E 'not found|version .* not found'; then \
+             echo \"$b cannot run in this image\"; exit 3; fi; done; \
+         agent --version; etcd --version | head -n 1",
+        NODE_BINARIES.join(" ")
+    );
+    let (code, out) = run_oneshot(docker, image, &script).await?;
+    if code != 0 {
+        return Err(HarnessError::Image(format!(
+            "the workspace binaries do not run in {image} (exit {code}):\n{out}\n  hint: the binaries are built on this host and need a C library at least as new as the host's. Make the base image from the host's Debian release (`harness images --rebuild --suite <codename>`), or see README \"Images\" for hosts of other distributions."
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_suite_only_for_debian() {
+        let deb = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_CODENAME=bookworm\n";
+        assert_eq!(parse_os_release_suite(deb).as_deref(), Some("bookworm"));
+        let ubuntu = "ID=ubuntu\nVERSION_CODENAME=noble\nID_LIKE=debian\n";
+        assert_eq!(parse_os_release_suite(ubuntu), None);
+    }
+
+    #[test]
+    fn mirror_from_deb822_and_one_line_sources() {
+        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\n";
+        assert_eq!(
+            parse_debian_mirror(deb822).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        let one = "deb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
+        assert_eq!(
+            parse_debian_mirror(one).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(parse_debian_mirror("deb https://x/ubuntu noble main"), None);
+    }
+
+    #[test]
+    fn context_hash_changes_with_content_and_base() {
+        let ctx = |bin: &[u8]| NodeContext {
+            files: vec![
+                ("Dockerfile".into(), b"FROM x".to_vec(), 0o644),
+                ("bin/agent".into(), bin.to_vec(), 0o755),
+            ],
+        };
+        let a = ctx(b"one").hash("sha256:1");
+        assert_eq!(a, ctx(b"one").hash("sha256:1"));
+        assert_ne!(a, ctx(b"two").hash("sha256:1"));
+        assert_ne!(a, ctx(b"one").hash("sha256:2"));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn context_tar_holds_every_file_with_its_mode() {
+        let c = NodeContext {
+            files: vec![
+                ("Dockerfile".into(), b"FROM x".to_vec(), 0o644),
+                ("bin/agent".into(), b"\x7fELF".to_vec(), 0o755),
+            ],
+        };
+        let data = c.tar().unwrap();
+        let mut ar = tar::Archive::new(data.as_slice());
+        let entries: Vec<(String, u32)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![("Dockerfile".into(), 0o644), ("bin/agent".into(), 0o755)]
+        );
+    }
+}

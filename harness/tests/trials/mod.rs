@@ -1,0 +1,15 @@
+//! Every trial area; each file exports `trials(env)`.
+
+use harness::trial::Environment;
+use libtest_mimic::Trial;
+
+pub mod foundation;
+pub mod hosts;
+
+/// All trials, in the order they run.
+pub fn all(env: &Environment) -> Vec<Trial> {
+    let mut t = Vec::new();
+    t.extend(foundation::trials(env));
+    t.extend(hosts::trials(env));
+    t
+}

@@ -1,0 +1,409 @@
+//! `sshkeys sync`: keep this node's SSH trust current for as long as the node runs.
+//!
+//! One loop reacts to four things: a change in the shared key folders or the hosts file
+//! (inotify through the notify crate), a short poll tick (the fallback when events are lost or
+//! the watch could not be set up), sshd exiting (restarted with backoff), and shutdown. Every
+//! trigger runs the same idempotent [`rebuild`]: scan, assemble, write only what changed.
+//! Refusals are warned about once each, naming the file, and repeated only when they change.
+
+use crate::assemble;
+use crate::fsutil::{self, FsError, Owner};
+use crate::keys::{self, KeyError, NodeKeys, Paths};
+use crate::scan::{self, Refused};
+use crate::system::{self, Account, SystemError};
+use agent::config::Peer;
+use agent::Config;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Failures that stop `sshkeys sync` (the agent restarts it with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    System(#[from] SystemError),
+}
+
+/// How `sync` runs.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Start and supervise sshd (off for a trust-files-only run).
+    pub run_sshd: bool,
+    /// Set up the cluster user and ~/.ssh (off in tests that run unprivileged).
+    pub manage_user: bool,
+    /// Rebuild once and return instead of watching.
+    pub once: bool,
+    /// Fallback poll period.
+    pub poll: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            run_sshd: true,
+            manage_user: true,
+            once: false,
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where authorized_keys goes and who owns it.
+#[derive(Debug, Clone)]
+pub struct AuthorizedTarget {
+    pub path: PathBuf,
+    pub owner: Option<Owner>,
+}
+
+/// Everything one rebuild needs.
+#[derive(Debug, Clone)]
+pub struct TrustContext {
+    pub node: String,
+    pub user: String,
+    pub paths: Paths,
+    pub peers: Vec<Peer>,
+    pub keys: NodeKeys,
+    pub authorized: AuthorizedTarget,
+}
+
+/// What a rebuild saw and did.
+#[derive(Debug, Clone, Default)]
+pub struct RebuildOutcome {
+    pub users: Vec<String>,
+    pub hosts: Vec<String>,
+    pub refused: Vec<Refused>,
+    pub republished: bool,
+    pub authorized_changed: bool,
+    pub known_hosts_changed: bool,
+}
+
+/// Scans the shared folders and rewrites authorized_keys and ssh_known_hosts where they
+/// changed. Also republishes this node's own keys if their files went missing or changed.
+pub fn rebuild(ctx: &TrustContext) -> Result<RebuildOutcome, SyncError> {
+    let republished = keys::publish(&ctx.paths, &ctx.node, &ctx.user, &ctx.keys)?;
+    let users = scan::scan_dir(&ctx.paths.users_dir)
+        .map_err(|e| FsError::new("reading", &ctx.paths.users_dir, e))?;
+    let hosts = scan::scan_dir(&ctx.paths.hosts_dir)
+        .map_err(|e| FsError::new("reading", &ctx.paths.hosts_dir, e))?;
+    // A missing or unreadable hosts file only costs the hostN aliases.
+    let hosts_text = std::fs::read_to_string(&ctx.paths.hosts_file).unwrap_or_default();
+    let block = assemble::parse_hosts_block(&hosts_text);
+    let host_nodes: Vec<&str> = hosts.keys.iter().map(|p| p.name.as_str()).collect();
+    let names = assemble::host_names(&host_nodes, &ctx.peers, &block);
+
+    let auth_text = assemble::authorized_keys(&users.keys, &ctx.paths.users_dir.to_string_lossy());
+    let kh_text =
+        assemble::known_hosts(&hosts.keys, &names, &ctx.paths.hosts_dir.to_string_lossy());
+    if let Some(dir) = ctx.authorized.path.parent() {
+        fsutil::ensure_dir(dir, 0o700, ctx.authorized.owner)?;
+    }
+    let authorized_changed = fsutil::write_atomic(
+        &ctx.authorized.path,
+        auth_text.as_bytes(),
+        0o600,
+        ctx.authorized.owner,
+    )?;
+    let known_hosts_changed =
+        fsutil::write_atomic(&ctx.paths.known_hosts, kh_text.as_bytes(), 0o644, None)?;
+    let mut refused = users.refused;
+    refused.extend(hosts.refused);
+    Ok(RebuildOutcome {
+        users: users.keys.into_iter().map(|p| p.name).collect(),
+        hosts: hosts.keys.into_iter().map(|p| p.name).collect(),
+        refused,
+        republished,
+        authorized_changed,
+        known_hosts_changed,
+    })
+}
+
+/// Logs a rebuild: changes at info, each refusal once (until the set of refusals changes).
+fn report(outcome: &RebuildOutcome, warned: &mut BTreeSet<String>) {
+    let now: BTreeSet<String> = outcome.refused.iter().map(|r| r.to_string()).collect();
+    for r in now.difference(warned) {
+        tracing::warn!("refusing published key: {r}");
+    }
+    for r in warned.difference(&now) {
+        tracing::info!("no longer refusing: {r}");
+    }
+    *warned = now;
+    if outcome.republished {
+        tracing::info!("published this node's user and host keys");
+    }
+    if outcome.authorized_changed || outcome.known_hosts_changed {
+        tracing::info!(
+            users = ?outcome.users,
+            hosts = ?outcome.hosts,
+            authorized_keys = outcome.authorized_changed,
+            known_hosts = outcome.known_hosts_changed,
+            "trust files updated"
+        );
+    }
+}
+
+/// Keys, user, publication, first rebuild: everything before the loop. Returns the context.
+pub fn prepare(
+    config: &Config,
+    paths: &Paths,
+    opts: &SyncOptions,
+) -> Result<TrustContext, SyncError> {
+    let user = config.ssh.user.clone();
+    let keys = keys::ensure_node_keys(paths, &config.name, &user)?;
+    let authorized = if opts.manage_user {
+        let account: Account = system::ensure_user(&user)?;
+        let dot_ssh = system::install_user_key(&account, &keys)?;
+        AuthorizedTarget {
+            path: dot_ssh.join("authorized_keys"),
+            owner: Some(Owner {
+                uid: account.uid,
+                gid: account.gid,
+            }),
+        }
+    } else {
+        AuthorizedTarget {
+            path: paths.key_dir.join("authorized_keys"),
+            owner: None,
+        }
+    };
+    Ok(TrustContext {
+        node: config.name.clone(),
+        user,
+        paths: paths.clone(),
+        peers: config.peer_list(),
+        keys,
+        authorized,
+    })
+}
+
+/// Runs `sshkeys sync` until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    paths: &Paths,
+    opts: SyncOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SyncError> {
+    let ctx = prepare(config, paths, &opts)?;
+    let mut warned = BTreeSet::new();
+    report(&rebuild(&ctx)?, &mut warned);
+    if opts.once {
+        return Ok(());
+    }
+    if opts.run_sshd {
+        system::configure_sshd(paths, &ctx.user)?;
+    }
+
+    let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+    let _watcher = watch(paths, tx);
+    let mut poll = tokio::time::interval(opts.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sshd = Sshd::new(opts.run_sshd, paths.sshd_pidfile.clone());
+    sshd.start().await;
+    tokio::pin!(shutdown);
+    loop {
+        let restart_at = sshd.restart_at;
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = events.recv() => {}
+            _ = poll.tick() => {}
+            status = sshd.wait() => {
+                tracing::warn!(%status, "sshd exited");
+                sshd.schedule_restart();
+                continue;
+            }
+            _ = until(restart_at) => {
+                sshd.start().await;
+                continue;
+            }
+        }
+        match rebuild(&ctx) {
+            Ok(outcome) => report(&outcome, &mut warned),
+            // Keep the current trust files; the next tick tries again.
+            Err(e) => tracing::warn!(error = %e, "rebuilding trust files failed"),
+        }
+    }
+    sshd.stop().await;
+    Ok(())
+}
+
+/// Sets up inotify watches; events are coalesced into a channel of capacity one. Failing to
+/// watch is not fatal: the poll tick still rebuilds.
+fn watch(paths: &Paths, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let handler = move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; relying on polling");
+            return None;
+        }
+    };
+    for p in [&paths.users_dir, &paths.hosts_dir, &paths.hosts_file] {
+        if let Err(e) = watcher.watch(p, RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot watch; relying on polling");
+        }
+    }
+    Some(watcher)
+}
+
+/// Resolves at `at`; pending forever when there is nothing scheduled.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// sshd as a supervised child: started, restarted with backoff, stopped on shutdown.
+struct Sshd {
+    enabled: bool,
+    pidfile: PathBuf,
+    child: Option<tokio::process::Child>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    started: Instant,
+}
+
+impl Sshd {
+    fn new(enabled: bool, pidfile: PathBuf) -> Self {
+        Sshd {
+            enabled,
+            pidfile,
+            child: None,
+            restart_at: None,
+            backoff: Duration::ZERO,
+            started: Instant::now(),
+        }
+    }
+
+    async fn start(&mut self) {
+        self.restart_at = None;
+        if !self.enabled {
+            return;
+        }
+        system::stop_stale_sshd(&self.pidfile).await;
+        self.started = Instant::now();
+        match system::spawn_sshd() {
+            Ok(c) => {
+                tracing::info!(pid = ?c.id(), "sshd started");
+                self.child = Some(c);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start sshd");
+                self.schedule_restart();
+            }
+        }
+    }
+
+    /// Resolves when the running sshd exits; pending forever when none runs.
+    async fn wait(&mut self) -> String {
+        match self.child.as_mut() {
+            Some(c) => {
+                let status = c.wait().await;
+                self.child = None;
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn schedule_restart(&mut self) {
+        self.backoff = agent::supervise::next_backoff(self.backoff, self.started.elapsed());
+        tracing::info!(
+            delay_ms = self.backoff.as_millis() as u64,
+            "restarting sshd after backoff"
+        );
+        self.restart_at = Some(Instant::now() + self.backoff);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            system::stop_sshd(&mut c).await;
+            tracing::info!("sshd stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::temp_paths;
+
+    const ED: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHqSea1WekzyAtsjW+EcfX4VWyqVg9SFf7P2gvDnPAvW";
+
+    fn context(root: &std::path::Path) -> TrustContext {
+        let config = Config {
+            name: "node0".into(),
+            ip: "10.77.0.10".into(),
+            peers: "node0=10.77.0.10,node1=10.77.0.11".into(),
+            data_dir: root.join("data"),
+            shared_dir: root.join("shared"),
+            ..Config::default()
+        };
+        let paths = temp_paths(root);
+        std::fs::create_dir_all(paths.known_hosts.parent().unwrap()).unwrap();
+        let opts = SyncOptions {
+            manage_user: false,
+            run_sshd: false,
+            once: true,
+            ..SyncOptions::default()
+        };
+        prepare(&config, &paths, &opts).unwrap()
+    }
+
+    #[test]
+    fn rebuild_trusts_good_files_only_and_writes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let first = rebuild(&ctx).unwrap();
+        assert!(first.republished && first.authorized_changed && first.known_hosts_changed);
+        assert_eq!(first.users, ["node0"]);
+
+        let users = &ctx.paths.users_dir;
+        std::fs::write(users.join("node1.pub"), format!("{ED} admin@node1\n")).unwrap();
+        std::fs::write(users.join("evil.pub"), format!("command=\"id\" {ED}\n")).unwrap();
+        std::fs::write(users.join("huge.pub"), vec![b'x'; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", users.join("shadow.pub")).unwrap();
+        std::fs::write(ctx.paths.hosts_dir.join("node1.pub"), format!("{ED}\n")).unwrap();
+        std::fs::create_dir_all(ctx.paths.hosts_file.parent().unwrap()).unwrap();
+        std::fs::write(
+            &ctx.paths.hosts_file,
+            "# BEGIN clusterlab\n10.77.0.11 host0 node1\n10.77.0.10 host1 node0\n# END clusterlab\n",
+        )
+        .unwrap();
+
+        let second = rebuild(&ctx).unwrap();
+        assert_eq!(second.users, ["node0", "node1"]);
+        assert_eq!(second.refused.len(), 3, "{:?}", second.refused);
+        assert!(!second.republished);
+        let auth = std::fs::read_to_string(&ctx.authorized.path).unwrap();
+        assert_eq!(auth.lines().filter(|l| !l.starts_with('#')).count(), 2);
+        assert!(!auth.contains("command="));
+        let kh = std::fs::read_to_string(&ctx.paths.known_hosts).unwrap();
+        assert!(
+            kh.contains(&format!("node1,host0,10.77.0.11 {ED}\n")),
+            "{kh}"
+        );
+        assert!(kh.contains("node0,host1,10.77.0.10 ssh-ed25519 "), "{kh}");
+
+        let third = rebuild(&ctx).unwrap();
+        assert!(!third.authorized_changed && !third.known_hosts_changed);
+
+        // Our own published key deleted by someone: republished, still trusted.
+        std::fs::remove_file(ctx.paths.published_user("node0")).unwrap();
+        let fourth = rebuild(&ctx).unwrap();
+        assert!(fourth.republished);
+        assert!(fourth.users.contains(&"node0".to_string()));
+    }
+}

@@ -441,6 +441,53 @@ async fn bench_runs(
     })
 }
 
+/// `harness bench hosts`: kill a follower, then the leader, RUNS times on a cluster of its
+/// own, and print per run and as median/max the seconds until every survivor's /etc/hosts
+/// dropped the follower and showed the new leader as host0. Exits non-zero if a target is
+/// missed (follower: max ≤ lease TTL + 2 s; new host0: median ≤ 2.5 s).
+#[derive(clap::Args, Debug)]
+pub struct BenchHostsArgs {
+    /// Number of runs (each kills a follower and then the leader).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Nodes in the benchmark cluster (at least 3).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// TTL in seconds of each node's lease.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Name of the benchmark's own cluster (removed at the end).
+    #[arg(long, default_value = "clusterlab-bench")]
+    pub name: String,
+    /// Subnet of the benchmark cluster, apart from the default cluster's.
+    #[arg(long, default_value = "10.77.100.0/24")]
+    pub subnet: Subnet,
+    #[command(flatten)]
+    pub images: crate::cli::ImagesArgs,
+}
+
+/// Runs `harness bench hosts` and prints its report.
+pub async fn run_cli(a: BenchHostsArgs) -> anyhow::Result<()> {
+    let docker = crate::docker::connect().await?;
+    let images = crate::images::ensure_images(&docker, &a.images.options()).await?;
+    let opts = BenchOptions {
+        runs: a.runs,
+        nodes: a.nodes,
+        lease_ttl_s: a.lease_ttl,
+        name: a.name,
+        subnet: a.subnet,
+        image: images.node,
+    };
+    println!(
+        "bench hosts: {} runs on {} nodes (cluster {}, lease TTL {} s)",
+        opts.runs, opts.nodes, opts.name, opts.lease_ttl_s
+    );
+    let report = bench_hosts(&docker, &opts, |line| println!("{line}")).await?;
+    print!("{}", report.summary());
+    anyhow::ensure!(report.meets_targets(), "hosts benchmark missed a target");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,16 @@ pub enum Command {
     Start(TargetArgs),
     /// Remove every container, network and volume labelled with the cluster's name.
     Down(NameArgs),
+    /// Measure how fast the cluster follows faults.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Seconds until every survivor's /etc/hosts drops a killed follower and shows a killed
+    /// leader's successor as host0 (per run, median, max).
+    Hosts(crate::bench_hosts::BenchHostsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -158,6 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             c.start(&a.target).await?;
             println!("started {}", c.container_name(&a.target)?);
         }
+        Command::Bench(BenchCommand::Hosts(a)) => crate::bench_hosts::run_cli(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
             let n = cluster::down(&docker, &a.name).await?;

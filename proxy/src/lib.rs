@@ -1,1 +1,127 @@
-//! proxy: filled in by its own issue.
+//! clusterlab's gateway: a reverse proxy that always sends users to the current leader.
+//!
+//! The homework's version polled a file every 5 s and restarted a proxy whenever the leader
+//! changed, dropping every open connection and WebSocket, crashing while the file did not
+//! exist, and trusting a stale entry. This one follows the leader continuously and switches
+//! in place: the upstream is a value in a watch channel, read by each request, so a switch
+//! never restarts anything; requests that arrive while there is no reachable leader are held
+//! (up to `hold`) and then retried on the next leader, and only then answered 503.
+//!
+//! # Layout
+//! - [`upstream`]: the current upstream, switch history and counters (`/__proxy/status`).
+//! - [`follow`]: feeding the upstream from etcd's `/clusterlab/leader` (a watch through every
+//!   endpoint, resynced when lost) or from the hosts block of a file.
+//! - [`forward`]: forwarding one request: hold, retry, stream, WebSocket tunnels.
+//! - [`pool`]: keep-alive connections to upstreams.
+//! - [`serve`] / [`run`]: the accept loop and the whole proxy.
+
+pub mod follow;
+pub mod forward;
+pub mod pool;
+pub mod upstream;
+
+pub use forward::{Proxy, Settings, STATUS_PATH, UPSTREAM_HEADER};
+pub use upstream::{StatusReport, Tracker, Upstream};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Body type of everything the proxy sends and receives: streamed, never buffered.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+
+/// Where the proxy learns who the leader is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    /// Watch `/clusterlab/leader` through these etcd client URLs.
+    Etcd(Vec<String>),
+    /// Read `host0` from the clusterlab block of this hosts file every `interval`.
+    File { path: PathBuf, interval: Duration },
+}
+
+/// Everything the proxy needs besides its listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub follow: Follow,
+    /// Port of the leader service on the leader's address.
+    pub upstream_port: u16,
+    pub settings: Settings,
+}
+
+/// Connections still open at shutdown get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the proxy on `listener` until `shutdown` resolves.
+pub async fn run(config: ProxyConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let source = match &config.follow {
+        Follow::Etcd(_) => "etcd".to_string(),
+        Follow::File { path, .. } => format!("file:{}", path.display()),
+    };
+    let tracker = Arc::new(Tracker::new(source));
+    let stop = CancellationToken::new();
+    let follower = match config.follow {
+        Follow::Etcd(endpoints) => tokio::spawn(follow::follow_etcd(
+            endpoints,
+            config.upstream_port,
+            tracker.clone(),
+            stop.clone(),
+        )),
+        Follow::File { path, interval } => tokio::spawn(follow::follow_file(
+            path,
+            config.upstream_port,
+            interval,
+            tracker.clone(),
+            stop.clone(),
+        )),
+    };
+    let proxy = Proxy::new(tracker, config.settings);
+    let pruner = tokio::spawn(proxy.clone().prune_on_switch());
+    serve(listener, proxy, shutdown).await;
+    stop.cancel();
+    let _ = follower.await;
+    pruner.abort();
+}
+
+/// Accepts connections and answers them with `proxy` until `shutdown` resolves; then lets
+/// open connections finish (bounded) and returns.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}

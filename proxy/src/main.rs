@@ -1,6 +1,68 @@
-//! `proxy` binary: filled in by its own issue.
+//! `proxy`: the gateway's reverse proxy. Parses arguments, binds, and runs
+//! [`proxy::run`] until SIGTERM or SIGINT.
 
-fn main() {
-    eprintln!("proxy: not implemented yet");
-    std::process::exit(2);
+use anyhow::Context;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Reverse proxy that follows the clusterlab leader: requests go to the leader service of
+/// whichever node /clusterlab/leader names (or host0 of a hosts file), switching in place.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// etcd client URLs, comma separated; the leader key is watched through all of them.
+    #[arg(long, value_delimiter = ',', required_unless_present = "follow_file")]
+    endpoints: Vec<String>,
+    /// Follow host0 of the clusterlab block in this hosts file instead of etcd.
+    #[arg(long, conflicts_with = "endpoints")]
+    follow_file: Option<PathBuf>,
+    /// How often the hosts file is read, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    follow_interval_ms: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8888")]
+    listen: SocketAddr,
+    /// Seconds a request may wait for a reachable leader before it is answered 503.
+    #[arg(long, default_value_t = 5.0)]
+    hold_s: f64,
+    /// Port of the leader service on the leader.
+    #[arg(long, default_value_t = 8888)]
+    upstream_port: u16,
+    /// Limit of one connection attempt to the leader, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    connect_timeout_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    agent::init_tracing();
+    anyhow::ensure!(
+        args.hold_s.is_finite() && args.hold_s >= 0.0,
+        "--hold-s must be a non-negative number of seconds"
+    );
+    let follow = match args.follow_file {
+        Some(path) => proxy::Follow::File {
+            path,
+            interval: Duration::from_millis(args.follow_interval_ms.max(10)),
+        },
+        None => proxy::Follow::Etcd(args.endpoints),
+    };
+    let config = proxy::ProxyConfig {
+        follow,
+        upstream_port: args.upstream_port,
+        settings: proxy::Settings {
+            hold: Duration::from_secs_f64(args.hold_s),
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+            ..proxy::Settings::default()
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, follow = ?config.follow, hold_s = args.hold_s, "proxy started");
+    proxy::run(config, listener, agent::shutdown_signal()).await;
+    Ok(())
 }

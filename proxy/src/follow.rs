@@ -1,0 +1,376 @@
+//! Following the leader: by etcd watch on `/clusterlab/leader`, or by reading the hosts
+//! block in a file (`host0` is the leader), the homework's way.
+//!
+//! The etcd follower watches through every endpoint at once. A watch through the node that
+//! has just been killed goes silent until gRPC keep-alive gives up on it (seconds), which
+//! would be the whole failover budget; the other endpoints' watches deliver the new leader
+//! key at once. Each endpoint reports what it saw with the etcd revision it saw it at, and
+//! [`Merge`] keeps the newest, so a lagging or reconnecting endpoint never sets an older
+//! leader back. A lost or cancelled watch is resynced with a fresh read.
+
+use crate::upstream::{Tracker, Upstream};
+use agent::schema::{self, LeaderRecord};
+use etcd_client::{EventType, GetResponse, WatchOptions};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What one endpoint saw: the leader key's state as of etcd revision `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub revision: i64,
+    pub leader: Option<LeaderRecord>,
+    pub endpoint: String,
+}
+
+/// Keeps the newest observation across endpoints.
+#[derive(Debug, Default)]
+pub struct Merge {
+    revision: i64,
+}
+
+impl Merge {
+    /// The leader to adopt, if `obs` is newer than anything applied so far.
+    pub fn apply(&mut self, obs: Observation) -> Option<Option<LeaderRecord>> {
+        if obs.revision > self.revision {
+            self.revision = obs.revision;
+            Some(obs.leader)
+        } else {
+            None
+        }
+    }
+}
+
+/// The upstream for a leader record: its IP at the leader service's port.
+pub fn upstream_of(rec: &LeaderRecord, port: u16) -> Option<Upstream> {
+    let ip: IpAddr = rec.ip.parse().ok()?;
+    Some(Upstream {
+        name: rec.name.clone(),
+        addr: SocketAddr::new(ip, port),
+    })
+}
+
+fn parse_value(value: &[u8], endpoint: &str) -> Option<LeaderRecord> {
+    match schema::parse_leader(value) {
+        Ok(rec) => Some(rec),
+        Err(e) => {
+            // An entry we cannot trust is no leader: holding beats sending users elsewhere.
+            tracing::warn!(%endpoint, error = %e, "ignoring invalid leader key");
+            None
+        }
+    }
+}
+
+fn observation_of_get(resp: &GetResponse, endpoint: &str) -> Observation {
+    Observation {
+        revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+        leader: resp
+            .kvs()
+            .first()
+            .and_then(|kv| parse_value(kv.value(), endpoint)),
+        endpoint: endpoint.to_string(),
+    }
+}
+
+/// Follows the leader key through all `endpoints` until `stop` is cancelled.
+pub async fn follow_etcd(
+    endpoints: Vec<String>,
+    port: u16,
+    tracker: Arc<Tracker>,
+    stop: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<Observation>(64);
+    let tasks: Vec<_> = endpoints
+        .into_iter()
+        .map(|ep| tokio::spawn(watch_endpoint(ep, tx.clone(), stop.clone())))
+        .collect();
+    drop(tx);
+    let mut merge = Merge::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            obs = rx.recv() => match obs {
+                None => break,
+                Some(obs) => {
+                    let endpoint = obs.endpoint.clone();
+                    let revision = obs.revision;
+                    if let Some(leader) = merge.apply(obs) {
+                        let up = leader.as_ref().and_then(|l| upstream_of(l, port));
+                        if tracker.set(up) {
+                            tracing::info!(%endpoint, revision, leader = ?leader.map(|l| l.name), "leader key changed");
+                        }
+                    }
+                }
+            },
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Reads and watches the leader key through one endpoint, resyncing after every loss.
+async fn watch_endpoint(endpoint: String, tx: mpsc::Sender<Observation>, stop: CancellationToken) {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(2);
+    let mut backoff = MIN;
+    loop {
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = sync_and_watch(&endpoint, &tx, &mut backoff) => r,
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(%endpoint, error = %e, "leader watch lost; resyncing");
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX);
+    }
+}
+
+/// One read-then-watch cycle; returns why the watch ended.
+async fn sync_and_watch(
+    endpoint: &str,
+    tx: &mpsc::Sender<Observation>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let mut client = agent::etcd::connect(endpoint)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(3), client.get(schema::LEADER_KEY, None))
+        .await
+        .map_err(|_| "reading the leader key timed out".to_string())?
+        .map_err(|e| format!("reading the leader key: {e}"))?;
+    let obs = observation_of_get(&resp, endpoint);
+    let from = obs.revision + 1;
+    tx.send(obs).await.map_err(|_| "merger gone".to_string())?;
+    let mut stream = client
+        .watch(
+            schema::LEADER_KEY,
+            Some(WatchOptions::new().with_start_revision(from)),
+        )
+        .await
+        .map_err(|e| format!("opening the watch: {e}"))?;
+    // A read and a watch worked: the endpoint is healthy again.
+    *backoff = Duration::from_millis(200);
+    loop {
+        let msg = stream.message().await.map_err(|e| format!("watch: {e}"))?;
+        let Some(resp) = msg else {
+            return Err("watch stream ended".into());
+        };
+        if resp.canceled() {
+            return Err(format!("watch cancelled: {}", resp.cancel_reason()));
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let leader = match ev.event_type() {
+                EventType::Put => parse_value(kv.value(), endpoint),
+                EventType::Delete => None,
+            };
+            let obs = Observation {
+                revision: kv.mod_revision(),
+                leader,
+                endpoint: endpoint.to_string(),
+            };
+            tx.send(obs).await.map_err(|_| "merger gone".to_string())?;
+        }
+    }
+}
+
+/// What a hosts file says about the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileLeader {
+    /// The block names this leader as `host0`.
+    Leader { name: String, ip: IpAddr },
+    /// The block is complete and has no `host0`: there is no leader.
+    None,
+    /// No complete block (yet, or being rewritten): keep what we have.
+    Unknown,
+}
+
+/// Reads the `host0` line of the clusterlab block: `IP host0 NAME`.
+pub fn leader_in_hosts(text: &str) -> FileLeader {
+    let Some(block) = agent::leader_service::hosts_block(text) else {
+        return FileLeader::Unknown;
+    };
+    for line in block {
+        let mut fields = line.split_whitespace();
+        let Some(ip) = fields.next() else { continue };
+        let names: Vec<&str> = fields.take_while(|f| !f.starts_with('#')).collect();
+        if !names.contains(&"host0") {
+            continue;
+        }
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            continue;
+        };
+        let name = names
+            .iter()
+            .find(|n| **n != "host0")
+            .copied()
+            .unwrap_or("host0");
+        return FileLeader::Leader {
+            name: name.to_string(),
+            ip,
+        };
+    }
+    FileLeader::None
+}
+
+/// Follows `host0` in the hosts block of `path`, read every `interval`, until `stop`.
+pub async fn follow_file(
+    path: PathBuf,
+    port: u16,
+    interval: Duration,
+    tracker: Arc<Tracker>,
+    stop: CancellationToken,
+) {
+    let mut missing_logged = false;
+    loop {
+        match read_leader(&path).await {
+            Ok(FileLeader::Leader { name, ip }) => {
+                missing_logged = false;
+                tracker.set(Some(Upstream {
+                    name,
+                    addr: SocketAddr::new(ip, port),
+                }));
+            }
+            Ok(FileLeader::None) => {
+                tracker.set(None);
+            }
+            Ok(FileLeader::Unknown) => {}
+            Err(e) => {
+                // A missing file is the normal state before the first leader is elected.
+                if !missing_logged {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the hosts file yet");
+                    missing_logged = true;
+                }
+                tracker.set(None);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn read_leader(path: &Path) -> std::io::Result<FileLeader> {
+    let text = tokio::fs::read_to_string(path).await?;
+    Ok(leader_in_hosts(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, ip: &str) -> LeaderRecord {
+        LeaderRecord {
+            name: name.into(),
+            ip: ip.into(),
+            member_id: "1".into(),
+        }
+    }
+
+    fn obs(rev: i64, leader: Option<LeaderRecord>, ep: &str) -> Observation {
+        Observation {
+            revision: rev,
+            leader,
+            endpoint: ep.into(),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_revision_across_endpoints() {
+        let mut m = Merge::default();
+        let a = rec("node0", "10.77.0.10");
+        let b = rec("node1", "10.77.0.11");
+        assert_eq!(
+            m.apply(obs(5, Some(a.clone()), "e0")),
+            Some(Some(a.clone()))
+        );
+        // The same state through another endpoint changes nothing.
+        assert_eq!(m.apply(obs(5, Some(a.clone()), "e1")), None);
+        assert_eq!(
+            m.apply(obs(9, Some(b.clone()), "e1")),
+            Some(Some(b.clone()))
+        );
+        // A lagging endpoint's older news is ignored.
+        assert_eq!(m.apply(obs(7, Some(a.clone()), "e0")), None);
+        assert_eq!(m.apply(obs(8, None, "e2")), None);
+        assert_eq!(m.apply(obs(10, None, "e2")), Some(None));
+    }
+
+    #[test]
+    fn upstream_uses_the_service_port() {
+        let u = upstream_of(&rec("node2", "10.77.0.12"), 8888).unwrap();
+        assert_eq!(u.name, "node2");
+        assert_eq!(u.addr, "10.77.0.12:8888".parse().unwrap());
+    }
+
+    #[test]
+    fn host0_is_read_from_the_block() {
+        let text = "127.0.0.1 localhost\n10.0.0.9 host0 stranger\n# BEGIN clusterlab\n\
+                    10.77.0.10 host1 node0\n10.77.0.12 host0 node2\n# END clusterlab\n";
+        assert_eq!(
+            leader_in_hosts(text),
+            FileLeader::Leader {
+                name: "node2".into(),
+                ip: "10.77.0.12".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            leader_in_hosts("# BEGIN clusterlab\n10.77.0.10 host1 node0\n# END clusterlab\n"),
+            FileLeader::None
+        );
+        assert_eq!(
+            leader_in_hosts("# BEGIN clusterlab\n10.77.0.12 host0 node2\n"),
+            FileLeader::Unknown
+        );
+        assert_eq!(leader_in_hosts(""), FileLeader::Unknown);
+        assert_eq!(
+            leader_in_hosts("# BEGIN clusterlab\nbad host0 x\n# END clusterlab\n"),
+            FileLeader::None
+        );
+    }
+
+    #[tokio::test]
+    async fn file_follower_tracks_host0_and_survives_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let tracker = Arc::new(Tracker::new("file"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(follow_file(
+            path.clone(),
+            8888,
+            Duration::from_millis(20),
+            tracker.clone(),
+            stop.clone(),
+        ));
+        let mut rx = tracker.subscribe();
+        std::fs::write(
+            &path,
+            "# BEGIN clusterlab\n10.77.0.11 host0 node1\n# END clusterlab\n",
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|u| u.is_some()))
+            .await
+            .expect("leader from file")
+            .unwrap();
+        assert_eq!(tracker.current().unwrap().name, "node1");
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|u| u.is_none()))
+            .await
+            .expect("no leader without the file")
+            .unwrap();
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

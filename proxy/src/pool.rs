@@ -1,0 +1,119 @@
+//! Keep-alive connections to upstreams, so the proxy does not pay a TCP handshake per
+//! request. The forwarder does its own connecting (rather than using a client with a built-in
+//! pool) because it has to tell "could not connect" (nothing was sent: safe to retry
+//! anything) from "failed after sending" (retry only idempotent requests), and race each
+//! phase against a leader switch.
+
+use crate::Body;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// An idle connection older than this is dropped rather than reused: the upstream may be
+/// about to close it, and a request racing that close would need a retry.
+const MAX_IDLE: Duration = Duration::from_secs(20);
+/// Idle connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 64;
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: no answer within {ms} ms")]
+    Timeout { addr: SocketAddr, ms: u128 },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// An idle connection and since when it is idle.
+type Idle = (http1::SendRequest<Body>, Instant);
+
+/// Idle connections by upstream address.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl Pool {
+    /// An idle connection to `addr` if one is usable, else a new one.
+    pub async fn checkout(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<Body>, ConnectError> {
+        if let Some(s) = self.take_idle(addr) {
+            return Ok(s);
+        }
+        connect(addr, connect_timeout).await
+    }
+
+    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some((s, since)) = list.pop() {
+            if !s.is_closed() && s.is_ready() && since.elapsed() < MAX_IDLE {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection for reuse once its current response has been read.
+    pub fn put(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        list.retain(|(s, since)| !s.is_closed() && since.elapsed() < MAX_IDLE);
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    /// Drops idle connections to every upstream but `keep` (after a switch).
+    pub fn retain_only(&self, keep: Option<SocketAddr>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|addr, _| Some(*addr) == keep);
+    }
+
+    /// Number of idle connections (for tests).
+    pub fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<Body>, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                addr,
+                ms: timeout.as_millis(),
+            })
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,332 @@
+//! The proxy against in-process upstreams on 127.0.0.1: switching without dropping,
+//! WebSockets, holding then 503, and retries after connect failures and dead leaders.
+
+use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use proxy::{Proxy, Settings, Tracker, Upstream, UPSTREAM_HEADER};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A stand-in leader service named `name`.
+fn app(name: &'static str) -> Router {
+    Router::new()
+        .route("/api/status", get(move || async move { format!("{{\"name\":\"{name}\"}}") }))
+        // Ten chunks, 100 ms apart: a response that is still streaming during a switch.
+        .route(
+            "/slow",
+            get(move || async move {
+                let chunks = futures::stream::unfold(0u32, move |i| async move {
+                    if i == 10 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Some((Ok::<_, std::io::Error>(format!("{name}-{i};")), i + 1))
+                });
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
+        // Answers only if the name is "b": on "a" it stands for a leader that died mid-request.
+        .route(
+            "/hang",
+            get(move || hang(name)).post(move |body: Bytes| async move {
+                if name == "a" {
+                    std::future::pending::<()>().await;
+                }
+                format!("{name} got {} bytes", body.len())
+            }),
+        )
+        .route(
+            "/echo",
+            post(move |body: Bytes| async move { format!("{name}:{}", String::from_utf8_lossy(&body)) }),
+        )
+        .route("/ws/echo", get(ws_echo))
+        .with_state(name)
+}
+
+async fn hang(name: &'static str) -> String {
+    if name == "a" {
+        std::future::pending::<()>().await;
+    }
+    format!("{name} answered")
+}
+
+async fn ws_echo(State(name): State<&'static str>, ws: WebSocketUpgrade) -> impl IntoResponse {
+    ws.on_upgrade(move |mut socket| async move {
+        while let Some(Ok(m)) = socket.recv().await {
+            if let WsMessage::Text(t) = m {
+                let reply = format!("{name}:{}", t.as_str());
+                if socket.send(WsMessage::Text(reply.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+async fn start_upstream_on(name: &'static str, addr: SocketAddr) -> Upstream {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(name)).await });
+    Upstream {
+        name: name.into(),
+        addr,
+    }
+}
+
+async fn start_upstream(name: &'static str) -> Upstream {
+    start_upstream_on(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// A port on which nothing listens (it was free a moment ago).
+async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn start_proxy(hold_ms: u64) -> (SocketAddr, Arc<Tracker>) {
+    let tracker = Arc::new(Tracker::new("test"));
+    let settings = Settings {
+        hold: Duration::from_millis(hold_ms),
+        connect_timeout: Duration::from_millis(300),
+        retry_pause: Duration::from_millis(20),
+    };
+    let proxy = Proxy::new(tracker.clone(), settings);
+    tokio::spawn(proxy.clone().prune_on_switch());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(proxy::serve(listener, proxy, std::future::pending()));
+    (addr, tracker)
+}
+
+struct Answer {
+    status: StatusCode,
+    upstream: Option<String>,
+    retry_after: Option<String>,
+    body: String,
+}
+
+async fn request(proxy: SocketAddr, method: Method, path: &str, body: &str) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("the proxy answered within 10 s")
+        .expect("the proxy answered");
+    let status = resp.status();
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let upstream = header(UPSTREAM_HEADER);
+    let retry_after = header("retry-after");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        upstream,
+        retry_after,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get_path(proxy: SocketAddr, path: &str) -> Answer {
+    request(proxy, Method::GET, path, "").await
+}
+
+async fn status(proxy: SocketAddr) -> serde_json::Value {
+    let a = get_path(proxy, proxy::STATUS_PATH).await;
+    assert_eq!(a.status, StatusCode::OK);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+#[tokio::test]
+async fn switches_without_dropping_a_streaming_response() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let (proxy, tracker) = start_proxy(2000).await;
+    tracker.set(Some(a.clone()));
+    assert_eq!(get_path(proxy, "/api/status").await.body, r#"{"name":"a"}"#);
+
+    // Start a response from a that streams for a second.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client
+        .get(format!("http://{proxy}/slow").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"a-0;");
+
+    // Switch while it streams: new requests go to b at once ...
+    tracker.set(Some(b.clone()));
+    let during = get_path(proxy, "/api/status").await;
+    assert_eq!(during.body, r#"{"name":"b"}"#);
+    assert_eq!(during.upstream.as_deref(), Some("b"));
+
+    // ... and the response from a completes.
+    let rest = body.collect().await.unwrap().to_bytes();
+    let expected: String = (1..10).map(|i| format!("a-{i};")).collect();
+    assert_eq!(String::from_utf8_lossy(&rest), expected);
+
+    let s = status(proxy).await;
+    assert_eq!(s["switches"], 1, "{s}");
+    assert_eq!(s["upstream"]["name"], "b", "{s}");
+    assert!(s["last_switch_unix_ms"].as_u64().is_some(), "{s}");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_leader() {
+    let a = start_upstream("a").await;
+    let (proxy, tracker) = start_proxy(1000).await;
+    tracker.set(Some(a));
+    let big = "x".repeat(1 << 20);
+    let r = request(proxy, Method::POST, "/echo", &big).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 2 + big.len());
+    assert!(r.body.starts_with("a:xxx"));
+}
+
+#[tokio::test]
+async fn websocket_round_trip_and_reconnect_after_a_switch() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let (proxy, tracker) = start_proxy(2000).await;
+    tracker.set(Some(a));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/ws/echo"))
+        .await
+        .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "a:hello");
+
+    // The tunnel to the former leader is closed on the switch ...
+    tracker.set(Some(b));
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the tunnel to the former leader stayed open");
+
+    // ... and a new connection reaches the new one.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/ws/echo"))
+        .await
+        .unwrap();
+    ws.send(Message::text("again")).await.unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "b:again");
+    assert_eq!(status(proxy).await["upgrades"], 2);
+}
+
+#[tokio::test]
+async fn no_leader_holds_then_answers_503_with_retry_after() {
+    let (proxy, _tracker) = start_proxy(600).await;
+    let t = Instant::now();
+    let r = get_path(proxy, "/api/status").await;
+    let took = t.elapsed();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert!(r.body.contains("no leader is known"), "{}", r.body);
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    assert_eq!(status(proxy).await["unavailable"], 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_leader_also_ends_in_503_after_the_hold() {
+    let (proxy, tracker) = start_proxy(600).await;
+    tracker.set(Some(Upstream {
+        name: "gone".into(),
+        addr: closed_port().await,
+    }));
+    let t = Instant::now();
+    let r = get_path(proxy, "/api/status").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("gone is unreachable"), "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let s = status(proxy).await;
+    assert!(s["retries"].as_u64().unwrap() >= 2, "{s}");
+}
+
+#[tokio::test]
+async fn a_held_request_is_served_when_a_leader_appears() {
+    let a = start_upstream("a").await;
+    let (proxy, tracker) = start_proxy(5000).await;
+    let t = Instant::now();
+    let pending = tokio::spawn(get_path(proxy, "/api/status"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracker.set(Some(a));
+    let r = pending.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.upstream.as_deref(), Some("a"));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(status(proxy).await["held"], 1);
+}
+
+#[tokio::test]
+async fn requests_are_retried_after_connect_failures_until_the_service_is_up() {
+    // The leader is known but its service is not listening yet (just promoted).
+    let addr = closed_port().await;
+    let (proxy, tracker) = start_proxy(5000).await;
+    tracker.set(Some(Upstream {
+        name: "a".into(),
+        addr,
+    }));
+    let get = tokio::spawn(get_path(proxy, "/api/status"));
+    // A POST is safe to retry too when nothing could be sent.
+    let post = tokio::spawn(request(proxy, Method::POST, "/echo", "payload"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    start_upstream_on("a", addr).await;
+    let g = get.await.unwrap();
+    assert_eq!(g.status, StatusCode::OK, "{}", g.body);
+    let p = post.await.unwrap();
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert_eq!(p.body, "a:payload");
+    let s = status(proxy).await;
+    assert!(s["retries"].as_u64().unwrap() >= 2, "{s}");
+}
+
+#[tokio::test]
+async fn a_get_stuck_on_a_dead_leader_is_resent_to_the_next_one() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let (proxy, tracker) = start_proxy(1000).await;
+    tracker.set(Some(a));
+    let t = Instant::now();
+    let get = tokio::spawn(get_path(proxy, "/hang"));
+    let post = tokio::spawn(request(proxy, Method::POST, "/hang", "p"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracker.set(Some(b));
+    let g = get.await.unwrap();
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.body, "b answered");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // A POST is not sent twice: after the hold it is reported as of unknown outcome.
+    let p = post.await.unwrap();
+    assert_eq!(p.status, StatusCode::BAD_GATEWAY, "{}", p.body);
+    assert!(p.body.contains("may or may not"), "{}", p.body);
+}

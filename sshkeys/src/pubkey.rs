@@ -111,6 +111,28 @@ impl fmt::Display for Refusal {
     }
 }
 
+impl Refusal {
+    /// A short stable name for the kind of refusal (sizes and texts left out), so a file that
+    /// is still being written is not reported again for every new size.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Symlink => "symlink",
+            Refusal::NotRegular { .. } => "not-regular",
+            Refusal::TooLarge { .. } => "too-large",
+            Refusal::Unreadable { .. } => "unreadable",
+            Refusal::BadFileName => "bad-file-name",
+            Refusal::NotUtf8 => "not-utf8",
+            Refusal::Empty => "empty",
+            Refusal::MultipleLines { .. } => "multiple-lines",
+            Refusal::ControlCharacters => "control-characters",
+            Refusal::Options { .. } => "options",
+            Refusal::UnknownType { .. } => "unknown-type",
+            Refusal::Malformed { .. } => "malformed",
+            Refusal::WeakKey { .. } => "weak-key",
+        }
+    }
+}
+
 /// The node name a published file stands for: `node1.pub` → `node1`. `None` when the name is
 /// not a valid hostname label followed by `.pub`.
 pub fn node_name_of_file(file_name: &str) -> Option<&str> {

@@ -13,7 +13,7 @@ use crate::scan::{self, Refused};
 use crate::system::{self, Account, SystemError};
 use agent::config::Peer;
 use agent::Config;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ pub enum SyncError {
     #[error(transparent)]
     System(#[from] SystemError),
 }
+
+/// Quiet time after a file event before rebuilding.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// How `sync` runs.
 #[derive(Debug, Clone)]
@@ -122,14 +125,21 @@ pub fn rebuild(ctx: &TrustContext) -> Result<RebuildOutcome, SyncError> {
     })
 }
 
-/// Logs a rebuild: changes at info, each refusal once (until the set of refusals changes).
-fn report(outcome: &RebuildOutcome, warned: &mut BTreeSet<String>) {
-    let now: BTreeSet<String> = outcome.refused.iter().map(|r| r.to_string()).collect();
-    for r in now.difference(warned) {
-        tracing::warn!("refusing published key: {r}");
+/// Logs a rebuild: changes at info, each refusal once per file and kind of refusal (a file
+/// that grows while it is written is not reported again for every size).
+fn report(outcome: &RebuildOutcome, warned: &mut BTreeMap<PathBuf, &'static str>) {
+    let now: BTreeMap<PathBuf, &'static str> = outcome
+        .refused
+        .iter()
+        .map(|r| (r.file.clone(), r.reason.kind()))
+        .collect();
+    for r in &outcome.refused {
+        if warned.get(&r.file) != Some(&r.reason.kind()) {
+            tracing::warn!("refusing published key: {r}");
+        }
     }
-    for r in warned.difference(&now) {
-        tracing::info!("no longer refusing: {r}");
+    for file in warned.keys().filter(|f| !now.contains_key(*f)) {
+        tracing::info!(file = %file.display(), "no longer refused (removed or fixed)");
     }
     *warned = now;
     if outcome.republished {
@@ -188,7 +198,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
     let ctx = prepare(config, paths, &opts)?;
-    let mut warned = BTreeSet::new();
+    let mut warned = BTreeMap::new();
     report(&rebuild(&ctx)?, &mut warned);
     if opts.once {
         return Ok(());
@@ -208,7 +218,11 @@ pub async fn run(
         let restart_at = sshd.restart_at;
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = events.recv() => {}
+            _ = events.recv() => {
+                // A burst of events (a file being written) becomes one rebuild.
+                tokio::time::sleep(DEBOUNCE).await;
+                while events.try_recv().is_ok() {}
+            }
             _ = poll.tick() => {}
             status = sshd.wait() => {
                 tracing::warn!(%status, "sshd exited");

@@ -247,12 +247,24 @@ pub async fn stop_stale_sshd(pidfile: &Path) {
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     for _ in 0..30 {
-        if nix::sys::signal::kill(pid, None).is_err() {
+        if !alive(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// True while `pid` exists and is not a zombie (an exited child nobody reaped yet).
+fn alive(pid: nix::unistd::Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Starts sshd in the foreground, logging to this process's stderr (the agent's log).

@@ -446,7 +446,11 @@ async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
 pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
     let step = Step::start("building agent, hostsgen, sshkeys and proxy for the node image");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = workspace.join(BIN_TARGET_DIR);
+    // Respect a shared CARGO_TARGET_DIR; keep a directory of our own inside it.
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir).join("node-image"),
+        None => workspace.join(BIN_TARGET_DIR),
+    };
     let mut cmd = tokio::process::Command::new(&cargo);
     cmd.current_dir(workspace)
         .args(["build", "--profile", BIN_PROFILE, "--bins"])

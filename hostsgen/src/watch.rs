@@ -192,15 +192,31 @@ impl Output {
     }
 }
 
+/// When etcd stopped answering, and when that was last logged.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: Instant,
+    logged: Instant,
+}
+
 /// One session: snapshot, publish, then follow the watch until it ends. `synced` is set once
-/// the snapshot is published, so the caller can tell a lost watch from an unreachable etcd.
+/// the snapshot is published, so the caller can tell a lost watch from an unreachable etcd;
+/// a successful snapshot also ends an outage.
 async fn session(
     settings: &Settings,
     out: &mut Output,
     synced: &mut bool,
+    outage: &mut Option<Outage>,
 ) -> Result<(), EtcdError> {
     let mut client = connect(&settings.endpoints).await?;
     let mut snap = read_snapshot(&mut client).await?;
+    if let Some(o) = outage.take() {
+        tracing::info!(
+            after_s = o.since.elapsed().as_secs_f32(),
+            revision = snap.revision,
+            "etcd is answering again; catching up"
+        );
+    }
     out.publish(&snap);
     *synced = true;
     let opts = WatchOptions::new()
@@ -268,34 +284,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) {
         warned_empty: false,
     };
     let mut backoff = Duration::ZERO;
-    let mut outage: Option<(Instant, Instant)> = None; // (since, last logged)
+    let mut outage: Option<Outage> = None;
     loop {
         let mut synced = false;
         let result = tokio::select! {
-            r = session(&settings, &mut out, &mut synced) => r,
+            r = session(&settings, &mut out, &mut synced, &mut outage) => r,
             _ = &mut shutdown => return,
         };
         let Err(e) = result else { continue };
         if synced {
-            if let Some((since, _)) = outage.take() {
-                tracing::info!(
-                    after_s = since.elapsed().as_secs_f32(),
-                    "etcd is answering again"
-                );
-            }
             // A watch that ran and then ended is normal churn: resync almost at once.
             tracing::info!(error = %e, "watch ended; re-reading and watching again");
             backoff = MIN_BACKOFF;
         } else {
             let now = Instant::now();
-            match outage {
+            match &mut outage {
                 None => {
                     tracing::warn!(error = %e, "etcd unavailable; keeping the last hosts table");
-                    outage = Some((now, now));
+                    outage = Some(Outage {
+                        since: now,
+                        logged: now,
+                    });
                 }
-                Some((since, logged)) if now - logged >= OUTAGE_REMINDER => {
-                    tracing::warn!(error = %e, for_s = (now - since).as_secs(), "etcd still unavailable; keeping the last hosts table");
-                    outage = Some((since, now));
+                Some(o) if now - o.logged >= OUTAGE_REMINDER => {
+                    tracing::warn!(error = %e, for_s = (now - o.since).as_secs(), "etcd still unavailable; keeping the last hosts table");
+                    o.logged = now;
                 }
                 Some(_) => tracing::debug!(error = %e, "etcd still unavailable"),
             }

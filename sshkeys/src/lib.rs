@@ -41,6 +41,63 @@ pub fn publish(config: &Config, paths: &Paths) -> Result<Vec<std::path::PathBuf>
     ])
 }
 
+/// One refused file, for `sshkeys status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedFile {
+    pub file: String,
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What this node would trust right now, for `sshkeys status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub node: String,
+    pub users: Vec<String>,
+    pub hosts: Vec<String>,
+    pub refused: Vec<RefusedFile>,
+}
+
+impl Status {
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "node {}
+trusted user keys: {}
+trusted host keys: {}
+",
+            self.node,
+            self.users.join(" "),
+            self.hosts.join(" ")
+        );
+        for r in &self.refused {
+            out.push_str(&format!("refused ({}): {} {}\n", r.kind, r.file, r.reason));
+        }
+        out
+    }
+}
+
+/// `sshkeys status`: scan the shared folders read-only and say what is trusted and refused.
+pub fn status(config: &Config, paths: &Paths) -> std::io::Result<Status> {
+    let users = scan::scan_dir(&paths.users_dir)?;
+    let hosts = scan::scan_dir(&paths.hosts_dir)?;
+    let refused = users
+        .refused
+        .iter()
+        .chain(&hosts.refused)
+        .map(|r| RefusedFile {
+            file: r.file.display().to_string(),
+            kind: r.reason.kind(),
+            reason: r.reason.to_string(),
+        })
+        .collect();
+    Ok(Status {
+        node: config.name.clone(),
+        users: users.keys.into_iter().map(|p| p.name).collect(),
+        hosts: hosts.keys.into_iter().map(|p| p.name).collect(),
+        refused,
+    })
+}
+
 /// Failures that prevent `sshkeys verify` from checking anything at all.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

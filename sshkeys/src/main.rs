@@ -1,4 +1,4 @@
-//! `sshkeys`: command-line wiring for the sshkeys library (publish, sync, verify).
+//! `sshkeys`: command-line wiring for the sshkeys library (publish, sync, status, verify).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +37,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         poll_ms: u64,
     },
+    /// Show which published keys this node trusts and which files it refuses, and why
+    /// (read-only; `sync` applies the same rules).
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check SSH to other nodes with an embedded client: the host key must be the published
     /// one (no trust on first use), the node's user key must log in, and `hostname` must
     /// print the target's name. Exit status 0 only when every target passes.
@@ -69,6 +76,14 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Publish => {
             for p in sshkeys::publish(&config, &paths)? {
                 println!("{}", p.display());
+            }
+        }
+        Cmd::Status { json } => {
+            let st = sshkeys::status(&config, &paths)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", st.to_text());
             }
         }
         Cmd::Sync {

@@ -5,11 +5,13 @@ use libtest_mimic::Trial;
 
 pub mod foundation;
 pub mod hosts;
+pub mod ssh;
 
 /// All trials, in the order they run.
 pub fn all(env: &Environment) -> Vec<Trial> {
     let mut t = Vec::new();
     t.extend(foundation::trials(env));
     t.extend(hosts::trials(env));
+    t.extend(ssh::trials(env));
     t
 }

@@ -594,6 +594,23 @@ impl Cluster {
         )
     }
 
+    /// Stops a node gracefully (SIGTERM, then SIGKILL after `grace`), as `docker stop` does.
+    pub async fn stop(&self, name: &str, grace: Duration) -> Result<()> {
+        let c = self.container_name(name)?;
+        ctx(
+            format!("stopping {c}"),
+            self.docker
+                .stop_container(
+                    &c,
+                    Some(bollard::query_parameters::StopContainerOptions {
+                        t: Some(grace.as_secs() as i32),
+                        ..Default::default()
+                    }),
+                )
+                .await,
+        )
+    }
+
     /// Starts a node's container again (same volume, same identity).
     pub async fn start(&self, name: &str) -> Result<()> {
         let c = self.container_name(name)?;

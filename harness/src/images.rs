@@ -597,7 +597,49 @@ pub async fn ensure_node(docker: &Docker, opts: &ImageOptions, base: &str) -> Re
             }),
         )
         .await;
+    prune_node_images(docker, &tag, 3).await;
     Ok(tag)
+}
+
+/// Removes node images of older trees, keeping `current` and the `keep` newest others.
+/// Images still used by a container are left alone (Docker refuses to remove them).
+pub async fn prune_node_images(docker: &Docker, current: &str, keep: usize) {
+    let Ok(mut list) = docker
+        .list_images(Some(bollard::query_parameters::ListImagesOptions {
+            filters: Some(HashMap::from([(
+                "reference".to_string(),
+                vec![format!("{NODE_REPO}:*")],
+            )])),
+            ..Default::default()
+        }))
+        .await
+    else {
+        return;
+    };
+    list.sort_by_key(|i| std::cmp::Reverse(i.created));
+    let old = list
+        .into_iter()
+        .filter(|i| {
+            !i.repo_tags
+                .iter()
+                .any(|t| t == current || t.ends_with(":latest"))
+        })
+        .skip(keep);
+    for image in old {
+        for t in &image.repo_tags {
+            if docker
+                .remove_image(
+                    t,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+                .is_ok()
+            {
+                eprintln!("==> removed old node image {t}");
+            }
+        }
+    }
 }
 
 /// Runs `script` in a throw-away container of `image`; returns exit code and output.

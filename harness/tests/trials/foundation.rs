@@ -41,6 +41,13 @@ pub fn trials(env: &Environment) -> Vec<Trial> {
             |_| {},
             Arc::new(|c| Box::pin(restart(c))),
         ),
+        cluster_trial(
+            env,
+            "graceful_stop",
+            3,
+            |_| {},
+            Arc::new(|c| Box::pin(graceful_stop(c))),
+        ),
     ]
 }
 
@@ -141,6 +148,64 @@ async fn bootstrap(c: Cluster) -> anyhow::Result<()> {
             "record {r:?} has the wrong ip"
         );
     }
+    // The health API: /leader answers 200 on the leader only, /health everywhere.
+    for name in c.node_names() {
+        let want = if name == leader { "200" } else { "503" };
+        ensure!(
+            http_code(&c, &name, "/leader").await? == want,
+            "{name}: /leader should answer {want}"
+        );
+        ensure!(
+            http_code(&c, &name, "/health").await? == "200",
+            "{name}: /health should answer 200"
+        );
+    }
+    Ok(())
+}
+
+/// The HTTP status a node's health API gives for `path`, asked from inside the node.
+async fn http_code(c: &Cluster, node: &str, path: &str) -> anyhow::Result<String> {
+    let url = format!("http://127.0.0.1:8008{path}");
+    let out = c
+        .exec(
+            node,
+            &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        )
+        .await?;
+    Ok(out.stdout.trim().to_string())
+}
+
+/// `docker stop` (SIGTERM) of a follower: the agent revokes its lease, so its key goes at
+/// once instead of after the TTL.
+async fn graceful_stop(c: Cluster) -> anyhow::Result<()> {
+    let st = c.wait_ready(Duration::from_secs(30)).await?;
+    let leader = consistent(&st, 3).map_err(anyhow::Error::msg)?;
+    let victim = st
+        .nodes
+        .iter()
+        .find(|n| n.name != leader)
+        .map(|n| n.name.clone())
+        .context("no follower")?;
+    let asked = Instant::now();
+    c.stop(&victim, Duration::from_secs(10)).await?;
+    let stopped = asked.elapsed();
+    ensure!(
+        stopped < Duration::from_secs(9),
+        "{victim} took {:.1} s to stop: the agent did not exit on SIGTERM",
+        stopped.as_secs_f64()
+    );
+    let st = c.status().await?;
+    ensure!(
+        !st.nodes.iter().any(|n| n.name == victim && n.has_key),
+        "{victim} stopped in {:.2} s but its key is still there: the lease was not revoked; {}",
+        stopped.as_secs_f64(),
+        st.summary()
+    );
+    println!(
+        "graceful_stop: {victim} stopped in {:.2} s with its key already gone (TTL {} s)",
+        stopped.as_secs_f64(),
+        c.spec.lease_ttl_s
+    );
     Ok(())
 }
 

@@ -163,6 +163,19 @@ async fn bootstrap(c: Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for a consistent cluster; returns its status, the leader and one follower.
+async fn ready_leader_and_follower(c: &Cluster) -> anyhow::Result<(ClusterStatus, String, String)> {
+    let st = c.wait_ready(Duration::from_secs(30)).await?;
+    let leader = consistent(&st, 3).map_err(anyhow::Error::msg)?;
+    let follower = st
+        .nodes
+        .iter()
+        .find(|n| n.name != leader)
+        .map(|n| n.name.clone())
+        .context("no follower")?;
+    Ok((st, leader, follower))
+}
+
 /// The HTTP status a node's health API gives for `path`, asked from inside the node.
 async fn http_code(c: &Cluster, node: &str, path: &str) -> anyhow::Result<String> {
     let url = format!("http://127.0.0.1:8008{path}");
@@ -178,14 +191,7 @@ async fn http_code(c: &Cluster, node: &str, path: &str) -> anyhow::Result<String
 /// `docker stop` (SIGTERM) of a follower: the agent revokes its lease, so its key goes at
 /// once instead of after the TTL.
 async fn graceful_stop(c: Cluster) -> anyhow::Result<()> {
-    let st = c.wait_ready(Duration::from_secs(30)).await?;
-    let leader = consistent(&st, 3).map_err(anyhow::Error::msg)?;
-    let victim = st
-        .nodes
-        .iter()
-        .find(|n| n.name != leader)
-        .map(|n| n.name.clone())
-        .context("no follower")?;
+    let (_, _, victim) = ready_leader_and_follower(&c).await?;
     let asked = Instant::now();
     c.stop(&victim, Duration::from_secs(10)).await?;
     let stopped = asked.elapsed();
@@ -210,14 +216,7 @@ async fn graceful_stop(c: Cluster) -> anyhow::Result<()> {
 }
 
 async fn kill_follower(c: Cluster) -> anyhow::Result<()> {
-    let st = c.wait_ready(Duration::from_secs(30)).await?;
-    let leader = consistent(&st, 3).map_err(anyhow::Error::msg)?;
-    let victim = st
-        .nodes
-        .iter()
-        .find(|n| n.name != leader)
-        .map(|n| n.name.clone())
-        .context("no follower")?;
+    let (_, leader, victim) = ready_leader_and_follower(&c).await?;
     c.kill(&victim).await?;
     let killed = Instant::now();
     let ttl = c.spec.lease_ttl_s;
@@ -281,14 +280,7 @@ async fn kill_leader(c: Cluster) -> anyhow::Result<()> {
 }
 
 async fn restart(c: Cluster) -> anyhow::Result<()> {
-    let st = c.wait_ready(Duration::from_secs(30)).await?;
-    let leader = consistent(&st, 3).map_err(anyhow::Error::msg)?;
-    let victim = st
-        .nodes
-        .iter()
-        .find(|n| n.name != leader)
-        .map(|n| n.name.clone())
-        .context("no follower")?;
+    let (st, _, victim) = ready_leader_and_follower(&c).await?;
     let member_before = st
         .nodes
         .iter()

@@ -47,6 +47,11 @@ pub enum BenchCommand {
     /// Seconds until every survivor's /etc/hosts drops a killed follower and shows a killed
     /// leader's successor as host0 (per run, median, max).
     Hosts(crate::bench_hosts::BenchHostsArgs),
+    /// Kill the leader under a steady stream of GETs through the gateway: seconds until the
+    /// new leader answers, failed and slow GETs (per run, median, max).
+    Failover(crate::bench_failover::BenchFailoverArgs),
+    /// Requests/s and p50/p99 latency through the gateway against direct to the leader.
+    Proxy(crate::bench_failover::BenchProxyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -169,6 +174,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("started {}", c.container_name(&a.target)?);
         }
         Command::Bench(BenchCommand::Hosts(a)) => crate::bench_hosts::run_cli(a).await?,
+        Command::Bench(BenchCommand::Failover(a)) => {
+            crate::bench_failover::run_failover_cli(a).await?
+        }
+        Command::Bench(BenchCommand::Proxy(a)) => crate::bench_failover::run_proxy_cli(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
             let n = cluster::down(&docker, &a.name).await?;

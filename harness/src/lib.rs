@@ -10,8 +10,11 @@
 //! - [`wait`]: waiting for a condition with a deadline, reporting the last observation.
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test` and by grading).
 //! - [`bench_hosts`]: hosts-file probes shared with the hosts trials; `harness bench hosts`.
+//! - [`bench_failover`]: HTTP probes shared with the proxy trials; `harness bench failover`
+//!   and `harness bench proxy`.
 //! - [`progress`]: timed step lines and spinners for long steps.
 
+pub mod bench_failover;
 pub mod bench_hosts;
 pub mod cli;
 pub mod cluster;

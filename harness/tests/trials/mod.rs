@@ -5,6 +5,7 @@ use libtest_mimic::Trial;
 
 pub mod foundation;
 pub mod hosts;
+pub mod proxy;
 pub mod ssh;
 
 /// All trials, in the order they run.
@@ -13,5 +14,6 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(foundation::trials(env));
     t.extend(hosts::trials(env));
     t.extend(ssh::trials(env));
+    t.extend(proxy::trials(env));
     t
 }

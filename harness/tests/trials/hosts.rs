@@ -282,7 +282,7 @@ async fn node_log(c: &Cluster, node: &str) -> anyhow::Result<String> {
         Some(bollard::query_parameters::LogsOptions {
             stdout: true,
             stderr: true,
-            tail: "400".into(),
+            tail: "all".into(),
             ..Default::default()
         }),
     );
@@ -304,7 +304,11 @@ async fn quorum_loss(c: Cluster) -> anyhow::Result<()> {
         .context("no follower")?
         .clone();
     let before = block_of(&read_hosts(&c, &survivor).await?).context("survivor has no block")?;
-    let killed: Vec<String> = except(&all, &[&survivor]);
+    let other = except(&all, &[&survivor, &leader])
+        .into_iter()
+        .next()
+        .context("needs three nodes")?;
+    let killed = [leader.clone(), other.clone()];
     for k in &killed {
         c.kill(k).await?;
     }
@@ -337,20 +341,40 @@ async fn quorum_loss(c: Cluster) -> anyhow::Result<()> {
         describe(Some(&before)),
         t0.elapsed().as_secs_f64()
     );
-    for k in &killed {
-        c.start(k).await?;
-    }
+    // Quorum back with one of the two: the survivor must take in real changes — a new leader
+    // as host0, and the dead leader dropped once its lease (renewed by the election) runs out.
+    c.start(&other).await?;
     let started = Instant::now();
-    let (leader, _) = wait_full_table(
+    let pair = vec![survivor.clone(), other.clone()];
+    let (new_leader, _) = wait_full_table(
         &c,
-        &all,
-        &all,
-        "every node, the survivor included, to catch up",
+        &pair,
+        &pair,
+        &format!("{survivor} and {other} to show the cluster without {leader}"),
         SETTLE,
     )
     .await?;
     println!(
-        "hosts_quorum_loss: quorum back; every node shows the full table with host0 = {leader} {:.2} s after the restarts",
+        "hosts_quorum_loss: {other} started; {survivor} caught up (host0 = {new_leader}, {leader} dropped) {:.2} s later",
+        started.elapsed().as_secs_f64()
+    );
+    let log = node_log(&c, &survivor).await?;
+    ensure!(
+        log.contains("etcd is answering again"),
+        "{survivor}'s log does not record the end of the outage"
+    );
+    c.start(&leader).await?;
+    let started = Instant::now();
+    let (now_leader, _) = wait_full_table(
+        &c,
+        &all,
+        &all,
+        &format!("{leader} back on every node"),
+        SETTLE,
+    )
+    .await?;
+    println!(
+        "hosts_quorum_loss: {leader} started; full table with host0 = {now_leader} on every node {:.2} s later",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -35,6 +35,11 @@ pub enum Command {
     Kill(TargetArgs),
     /// Start a stopped or killed node again (it rejoins with its data and keys).
     Start(TargetArgs),
+    /// Cut traffic both ways between GROUP (e.g. node0,node1) and the rest of the cluster
+    /// (or --from GROUP), replacing any earlier cut; the harness still reaches every node.
+    Partition(crate::faults::PartitionArgs),
+    /// Remove every partition rule from every node.
+    Heal(crate::faults::HealArgs),
     /// Remove every container, network and volume labelled with the cluster's name.
     Down(NameArgs),
     /// Measure how fast the cluster follows faults.
@@ -178,6 +183,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench_failover::run_failover_cli(a).await?
         }
         Command::Bench(BenchCommand::Proxy(a)) => crate::bench_failover::run_proxy_cli(a).await?,
+        Command::Partition(a) => crate::faults::run_partition_cli(a).await?,
+        Command::Heal(a) => crate::faults::run_heal_cli(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
             let n = cluster::down(&docker, &a.name).await?;

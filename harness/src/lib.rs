@@ -7,6 +7,7 @@
 //! - [`images`]: base image from Debian packages, node image by content hash.
 //! - [`cli`]: the `harness` command line.
 //! - [`cluster`]: up, status, kill, start, exec, down.
+//! - [`faults`]: network partitions (iptables DROP inside the nodes) and healing them.
 //! - [`wait`]: waiting for a condition with a deadline, reporting the last observation.
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test` and by grading).
 //! - [`bench_hosts`]: hosts-file probes shared with the hosts trials; `harness bench hosts`.
@@ -19,6 +20,7 @@ pub mod bench_hosts;
 pub mod cli;
 pub mod cluster;
 pub mod docker;
+pub mod faults;
 pub mod images;
 pub mod names;
 pub mod progress;

@@ -5,6 +5,7 @@ use libtest_mimic::Trial;
 
 pub mod foundation;
 pub mod hosts;
+pub mod partition;
 pub mod proxy;
 pub mod ssh;
 
@@ -14,6 +15,7 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(foundation::trials(env));
     t.extend(hosts::trials(env));
     t.extend(ssh::trials(env));
+    t.extend(partition::trials(env));
     t.extend(proxy::trials(env));
     t
 }

@@ -1,0 +1,569 @@
+//! Partition trials: the assignment's Raft scenario on five nodes (the old leader and one
+//! follower cut off in the minority: its write never commits, the majority elects a leader
+//! and commits, and after healing every node holds the majority's value under one leader with
+//! a higher term), and an isolated follower on three nodes (nothing changes for the other two;
+//! after healing it catches up). Writes are real `etcdctl put`s run on the nodes; reads are
+//! serializable, so each member answers from its own store.
+
+use anyhow::{ensure, Context};
+use harness::bench_hosts::{block_of, describe, read_hosts, wait_full_table};
+use harness::faults;
+use harness::trial::{cluster_trial, Environment};
+use harness::{wait_for, Cluster, ClusterStatus, ExecOutput};
+use libtest_mimic::Trial;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(100);
+/// Bootstrap and first registration of every node, hosts tables included.
+const SETTLE: Duration = Duration::from_secs(60);
+/// etcdctl's own deadline for a write that cannot commit.
+const WRITE_TIMEOUT_S: u64 = 2;
+/// The bound the failed write must respect, etcdctl's start-up included.
+const WRITE_BOUND: Duration = Duration::from_secs(5);
+
+pub fn trials(env: &Environment) -> Vec<Trial> {
+    vec![
+        cluster_trial(
+            env,
+            "raft_partition",
+            5,
+            |_| {},
+            Arc::new(|c| Box::pin(raft_partition(c))),
+        ),
+        cluster_trial(
+            env,
+            "partition_follower",
+            3,
+            |_| {},
+            Arc::new(|c| Box::pin(partition_follower(c))),
+        ),
+    ]
+}
+
+/// The leader that every node in `among` follows, and their common term: exactly one of them
+/// reports itself leader, the others name it, and all report the same term.
+fn agreed_leader(st: &ClusterStatus, among: &[String]) -> Result<(String, u64), String> {
+    let nodes: Vec<_> = st
+        .nodes
+        .iter()
+        .filter(|n| among.contains(&n.name))
+        .collect();
+    let fail = |why: &str| {
+        let seen: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}[{} term={} leader={}]",
+                    n.name,
+                    n.etcd_role.as_deref().unwrap_or("unreachable"),
+                    n.raft_term.map(|t| t.to_string()).unwrap_or("-".into()),
+                    n.raft_leader.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        format!("{why}: {}", seen.join(" "))
+    };
+    let leaders: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.etcd_role.as_deref() == Some("leader"))
+        .collect();
+    let [leader] = leaders.as_slice() else {
+        return Err(fail(&format!("{} self-reported leaders", leaders.len())));
+    };
+    let term = leader.raft_term.unwrap_or(0);
+    let all_follow = nodes
+        .iter()
+        .all(|n| n.raft_leader == leader.member_id && n.raft_term == Some(term));
+    if all_follow {
+        Ok((leader.name.clone(), term))
+    } else {
+        Err(fail("members disagree"))
+    }
+}
+
+/// A settled leader among `among`, waited for.
+async fn wait_agreed(
+    c: &Cluster,
+    among: &[String],
+    what: &str,
+    timeout: Duration,
+    accept: impl Fn(&str, u64) -> bool,
+) -> anyhow::Result<((String, u64), Duration)> {
+    Ok(wait_for(what, timeout, POLL, || async {
+        let st = c.status().await.map_err(|e| e.to_string())?;
+        let (leader, term) = agreed_leader(&st, among)?;
+        if accept(&leader, term) {
+            Ok((leader, term))
+        } else {
+            Err(format!("leader {leader} at term {term} not accepted"))
+        }
+    })
+    .await?)
+}
+
+/// `etcdctl put` run on `node`, against its own member, with a bounded deadline.
+async fn put_on(
+    c: &Cluster,
+    node: &str,
+    key: &str,
+    value: &str,
+    timeout_s: u64,
+) -> anyhow::Result<(ExecOutput, Duration)> {
+    let t = Instant::now();
+    let out = c
+        .exec(
+            node,
+            &[
+                "etcdctl",
+                "--dial-timeout=1s",
+                &format!("--command-timeout={timeout_s}s"),
+                "put",
+                key,
+                value,
+            ],
+        )
+        .await?;
+    Ok((out, t.elapsed()))
+}
+
+/// What `node`'s own member holds for `key` (serializable read from the harness, so an
+/// isolated member answers too): the value and the key's version (how many committed puts
+/// since it was created).
+async fn local_get(c: &Cluster, node: &str, key: &str) -> anyhow::Result<Option<(String, i64)>> {
+    let endpoint = format!("http://{}:2379", c.node_ip(node)?);
+    let read = async {
+        let mut client = agent::etcd::connect(&endpoint).await?;
+        let resp = client
+            .get(
+                key,
+                Some(etcd_client::GetOptions::new().with_serializable()),
+            )
+            .await?;
+        Ok::<_, etcd_client::Error>(resp.kvs().first().map(|kv| {
+            (
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.version(),
+            )
+        }))
+    };
+    tokio::time::timeout(Duration::from_secs(4), read)
+        .await
+        .with_context(|| format!("serializable read of {key} on {node} timed out"))?
+        .with_context(|| format!("serializable read of {key} on {node}"))
+}
+
+/// Every listed node's own value of `key`, as `node=value(vN)` for diagnostics.
+async fn local_values(
+    c: &Cluster,
+    nodes: &[String],
+    key: &str,
+) -> anyhow::Result<Vec<(String, Option<(String, i64)>)>> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push((n.clone(), local_get(c, n, key).await?));
+    }
+    Ok(out)
+}
+
+fn show_values(values: &[(String, Option<(String, i64)>)]) -> String {
+    values
+        .iter()
+        .map(|(n, v)| match v {
+            Some((val, ver)) => format!("{n}={val}(v{ver})"),
+            None => format!("{n}=absent"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits until every node in `nodes` holds exactly `value` for `key`, written once.
+async fn wait_value_everywhere(
+    c: &Cluster,
+    nodes: &[String],
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let (_, took) = wait_for(
+        &format!("{key} = {value} (written once) on {}", nodes.join(",")),
+        timeout,
+        POLL,
+        || async {
+            let values = local_values(c, nodes, key)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if values
+                .iter()
+                .all(|(_, v)| v.as_ref() == Some(&(value.to_string(), 1)))
+            {
+                Ok(())
+            } else {
+                Err(show_values(&values))
+            }
+        },
+    )
+    .await?;
+    Ok(took)
+}
+
+/// Whether `from` can open a TCP connection to `to`'s etcd client port within a second.
+async fn reaches(c: &Cluster, from: &str, to: &str) -> anyhow::Result<bool> {
+    let url = format!("http://{}:2379/version", c.node_ip(to)?);
+    let out = c
+        .exec(from, &["curl", "-s", "-o", "/dev/null", "-m", "1", &url])
+        .await?;
+    Ok(out.code == 0)
+}
+
+/// The partition as the nodes' rules show it must be exactly `groups`.
+async fn check_rules(c: &Cluster, groups: &[Vec<String>]) -> anyhow::Result<()> {
+    let now = faults::cuts(c).await?;
+    let mut want: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            let mut g = g.clone();
+            g.sort();
+            g
+        })
+        .collect();
+    want.sort();
+    ensure!(
+        faults::groups_of(&now.cuts) == want,
+        "rules on the nodes say {}, wanted {want:?}",
+        faults::describe(&now.cuts)
+    );
+    Ok(())
+}
+
+fn except(all: &[String], gone: &[&str]) -> Vec<String> {
+    all.iter()
+        .filter(|n| !gone.contains(&n.as_str()))
+        .cloned()
+        .collect()
+}
+
+async fn raft_partition(c: Cluster) -> anyhow::Result<()> {
+    const KEY: &str = "/lab/x";
+    let all = c.node_names();
+    wait_full_table(&c, &all, &all, "a settled hosts table on all five", SETTLE).await?;
+    let ((b, term0), _) = wait_agreed(&c, &all, "all five following one leader", SETTLE, |_, _| {
+        true
+    })
+    .await?;
+    // A: the lowest-numbered follower goes into the minority with the old leader B.
+    let a = all
+        .iter()
+        .find(|n| **n != b)
+        .context("no follower")?
+        .clone();
+    let minority = vec![a.clone(), b.clone()];
+    let majority = except(&all, &[&a, &b]);
+    println!(
+        "raft_partition: leader B={b} at term {term0}; minority {{{a},{b}}}, majority {{{}}}",
+        majority.join(",")
+    );
+
+    let cut_at = Instant::now();
+    faults::partition(&c, &[minority.clone(), majority.clone()]).await?;
+    println!(
+        "raft_partition: partition installed in {:.2} s",
+        cut_at.elapsed().as_secs_f64()
+    );
+
+    // The client's `set 3`, sent to B while B may still believe it leads; meanwhile the
+    // majority elects its own leader at a higher term (timed from the cut, concurrently).
+    let (write, election) = tokio::join!(
+        put_on(&c, &b, KEY, "3", WRITE_TIMEOUT_S),
+        wait_agreed(
+            &c,
+            &majority,
+            "the majority to elect a leader at a higher term",
+            Duration::from_secs(15),
+            |l, t| t > term0 && l != b,
+        )
+    );
+    let (out, took) = write?;
+    ensure!(
+        out.code != 0,
+        "set 3 via the minority leader {b} succeeded after {:.2} s: {}",
+        took.as_secs_f64(),
+        out.stdout.trim()
+    );
+    ensure!(
+        took <= WRITE_BOUND,
+        "set 3 via {b} took {:.2} s to fail (bound {} s)",
+        took.as_secs_f64(),
+        WRITE_BOUND.as_secs()
+    );
+    println!(
+        "raft_partition: set 3 via {b} failed after {:.2} s: {}",
+        took.as_secs_f64(),
+        out.stderr.trim().lines().last().unwrap_or("")
+    );
+    let ((new_leader, term1), elected) = election?;
+    println!(
+        "raft_partition: majority elected {new_leader} at term {term1}, {:.2} s after the cut was installed",
+        elected.as_secs_f64()
+    );
+    check_rules(&c, &[minority.clone(), majority.clone()]).await?;
+    ensure!(
+        !reaches(&c, &b, &majority[0]).await? && !reaches(&c, &majority[0], &a).await?,
+        "the partition lets traffic through between {b}/{a} and {}",
+        majority[0]
+    );
+    ensure!(
+        reaches(&c, &majority[0], &majority[1]).await? && reaches(&c, &a, &b).await?,
+        "the partition cuts traffic inside a group"
+    );
+
+    let (out, took) = put_on(&c, &new_leader, KEY, "8", 5).await?;
+    ensure!(
+        out.code == 0,
+        "set 8 via the majority leader {new_leader} failed after {:.2} s: {}",
+        took.as_secs_f64(),
+        out.stderr.trim()
+    );
+    println!(
+        "raft_partition: set 8 via {new_leader} committed in {:.2} s",
+        took.as_secs_f64()
+    );
+    wait_value_everywhere(&c, &majority, KEY, "8", Duration::from_secs(5)).await?;
+    // The minority applied neither write: 3 never committed, 8 never reached it.
+    let minority_values = local_values(&c, &minority, KEY).await?;
+    ensure!(
+        minority_values.iter().all(|(_, v)| v.is_none()),
+        "the minority holds a value for {KEY}: {}",
+        show_values(&minority_values)
+    );
+
+    // Held until the minority's leases expire: the majority's hosts tables drop A and B.
+    let (shown, took) = wait_full_table(
+        &c,
+        &majority,
+        &majority,
+        "the majority's hosts tables to drop the minority",
+        Duration::from_secs(c.spec.lease_ttl_s + 20),
+    )
+    .await?;
+    ensure!(shown != b, "host0 of the majority is still {b}");
+    let mut minority_tables = Vec::new();
+    for n in &minority {
+        let block = block_of(&read_hosts(&c, n).await?);
+        minority_tables.push(format!("{n}: {}", describe(block.as_deref())));
+    }
+    println!(
+        "raft_partition: majority's hosts tables dropped {a},{b} {:.2} s after the cut ({:.2} s of waiting); minority shows [{}]",
+        cut_at.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
+        minority_tables.join(" | ")
+    );
+    let minority_values = local_values(&c, &minority, KEY).await?;
+    ensure!(
+        minority_values.iter().all(|(_, v)| v.is_none()),
+        "before the heal, the minority holds a value for {KEY}: {}",
+        show_values(&minority_values)
+    );
+    let held = cut_at.elapsed();
+
+    let healed_at = Instant::now();
+    faults::heal(&c).await?;
+    check_rules(&c, &[]).await?;
+    let ((leader, term2), _) = wait_agreed(
+        &c,
+        &all,
+        "all five to follow one leader at a term above the old one",
+        Duration::from_secs(20),
+        |_, t| t > term0,
+    )
+    .await?;
+    let agreed_s = healed_at.elapsed().as_secs_f64();
+    // Only a member holding the committed `8` can win: never A or B.
+    ensure!(
+        majority.contains(&leader),
+        "after the heal {leader} leads, but only the majority holds the committed log"
+    );
+    wait_value_everywhere(&c, &all, KEY, "8", Duration::from_secs(10)).await?;
+    let values_s = healed_at.elapsed().as_secs_f64();
+    let (host0, _) = wait_full_table(
+        &c,
+        &all,
+        &all,
+        "all five hosts tables to agree with the old leader back as a follower",
+        Duration::from_secs(c.spec.lease_ttl_s + 30),
+    )
+    .await?;
+    ensure!(
+        host0 != b,
+        "the old leader {b} is host0 again after the heal"
+    );
+    let hosts_s = healed_at.elapsed().as_secs_f64();
+    let st = c.status().await?;
+    let b_role = st
+        .nodes
+        .iter()
+        .find(|n| n.name == b)
+        .and_then(|n| n.etcd_role.clone());
+    ensure!(
+        b_role.as_deref() == Some("follower"),
+        "old leader {b} reports {b_role:?} after the heal"
+    );
+    println!(
+        "raft_partition: partition held {:.1} s; after heal: one leader {leader} at term {term2} (was {b} at {term0}, majority's {term1}) after {agreed_s:.2} s; all five hold {KEY}=8 (version 1: 3 never committed) after {values_s:.2} s; hosts tables agree (host0={host0}, {b} a follower) after {hosts_s:.2} s",
+        held.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn partition_follower(c: Cluster) -> anyhow::Result<()> {
+    const KEY: &str = "/lab/y";
+    let all = c.node_names();
+    wait_full_table(&c, &all, &all, "a settled hosts table", SETTLE).await?;
+    let ((leader, term0), _) = wait_agreed(
+        &c,
+        &all,
+        "all three following one leader",
+        SETTLE,
+        |_, _| true,
+    )
+    .await?;
+    let st = c.status().await?;
+    ensure!(
+        st.leader_key.as_ref().map(|k| k.name.as_str()) == Some(leader.as_str()),
+        "leader key does not name {leader}: {}",
+        st.summary()
+    );
+    let f = all
+        .iter()
+        .find(|n| **n != leader)
+        .context("no follower")?
+        .clone();
+    let rest = except(&all, &[&f]);
+    let other = rest
+        .iter()
+        .find(|n| **n != leader)
+        .context("no second follower")?
+        .clone();
+
+    let cut_at = Instant::now();
+    faults::partition(&c, &[vec![f.clone()], rest.clone()]).await?;
+    check_rules(&c, &[vec![f.clone()], rest.clone()]).await?;
+    ensure!(
+        !reaches(&c, &f, &leader).await? && !reaches(&c, &leader, &f).await?,
+        "{f} and {leader} still reach each other"
+    );
+    ensure!(
+        reaches(&c, &leader, &other).await?,
+        "{leader} no longer reaches {other}"
+    );
+
+    let (out, took) = put_on(&c, &leader, KEY, "during", 5).await?;
+    ensure!(
+        out.code == 0,
+        "a write via {leader} failed during the partition after {:.2} s: {}",
+        took.as_secs_f64(),
+        out.stderr.trim()
+    );
+    let commit_s = took.as_secs_f64();
+    wait_value_everywhere(&c, &rest, KEY, "during", Duration::from_secs(5)).await?;
+    ensure!(
+        local_get(&c, &f, KEY).await?.is_none(),
+        "the isolated {f} holds {KEY}"
+    );
+
+    // Until the isolated follower's lease expires, the other two must keep their leader,
+    // term and leader key; then their hosts tables drop it.
+    let f_key = agent::schema::node_key(&f);
+    let (verdict, _) = wait_for(
+        &format!("{f}'s key to expire on {leader} with nothing else changing"),
+        Duration::from_secs(c.spec.lease_ttl_s + 10),
+        POLL,
+        || async {
+            let st = c.status().await.map_err(|e| e.to_string())?;
+            let now = agreed_leader(&st, &rest);
+            let key = st.leader_key.as_ref().map(|k| k.name.clone());
+            if now != Ok((leader.clone(), term0)) || key.as_deref() != Some(leader.as_str()) {
+                return Ok(Err(format!(
+                    "{:?} leader key {key:?}: {}",
+                    now,
+                    st.summary()
+                )));
+            }
+            match local_get(&c, &leader, &f_key).await {
+                Ok(None) => Ok(Ok(())),
+                Ok(Some(_)) => Err(format!("{f_key} still present; {}", st.summary())),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        },
+    )
+    .await?;
+    if let Err(changed) = verdict {
+        anyhow::bail!("isolating follower {f} changed the others' leader: {changed}");
+    }
+    let expired_s = cut_at.elapsed().as_secs_f64();
+    let (host0, _) = wait_full_table(
+        &c,
+        &rest,
+        &rest,
+        &format!("{} to drop {f} from their hosts tables", rest.join(",")),
+        Duration::from_secs(10),
+    )
+    .await?;
+    ensure!(host0 == leader, "host0 moved to {host0} from {leader}");
+    let st = c.status().await?;
+    ensure!(
+        agreed_leader(&st, &rest) == Ok((leader.clone(), term0)),
+        "leader or term changed while {f} was isolated: {}",
+        st.summary()
+    );
+    println!(
+        "partition_follower: {f} isolated; {leader} stays leader at term {term0}; write committed in {commit_s:.2} s; {f}'s key expired {expired_s:.2} s after the cut and the hosts tables dropped it {:.2} s after the cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+
+    let healed_at = Instant::now();
+    faults::heal(&c).await?;
+    check_rules(&c, &[]).await?;
+    let ((after, term1), _) = wait_agreed(
+        &c,
+        &all,
+        "all three following one leader after the heal",
+        Duration::from_secs(20),
+        |_, _| true,
+    )
+    .await?;
+    wait_value_everywhere(&c, &all, KEY, "during", Duration::from_secs(10)).await?;
+    let caught_up_s = healed_at.elapsed().as_secs_f64();
+    let (_, _) = wait_for(
+        &format!("{f}'s key to be back"),
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            match local_get(&c, &leader, &f_key).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(format!("{f_key} absent")),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        },
+    )
+    .await?;
+    let key_s = healed_at.elapsed().as_secs_f64();
+    let (host0, _) = wait_full_table(
+        &c,
+        &all,
+        &all,
+        "all three hosts tables to agree again",
+        Duration::from_secs(30),
+    )
+    .await?;
+    println!(
+        "partition_follower: after heal {f} holds {KEY}=during after {caught_up_s:.2} s, its key is back after {key_s:.2} s, all tables agree (host0={host0}) after {:.2} s; leader {after} at term {term1} ({})",
+        healed_at.elapsed().as_secs_f64(),
+        if after == leader && term1 == term0 {
+            "unchanged".to_string()
+        } else {
+            format!("was {leader} at {term0}: the rejoining follower's higher term forced an election")
+        }
+    );
+    Ok(())
+}

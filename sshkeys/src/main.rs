@@ -66,10 +66,26 @@ enum Cmd {
     },
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Run by the agent, stderr is a pipe
+/// into the agent's own log, which adds its own timestamp: plain text, no time, no colours.
+fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        fmt.try_init()
+    } else {
+        fmt.with_ansi(false).without_time().try_init()
+    };
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    agent::init_tracing();
+    init_tracing();
     let config = agent::Config::load(args.config.as_deref())?;
     let paths = sshkeys::Paths::from_config(&config);
     match args.command {

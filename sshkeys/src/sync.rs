@@ -199,6 +199,7 @@ pub async fn run(
 ) -> Result<(), SyncError> {
     let ctx = prepare(config, paths, &opts)?;
     let mut warned = BTreeMap::new();
+    let mut last_error: Option<String> = None;
     report(&rebuild(&ctx)?, &mut warned);
     if opts.once {
         return Ok(());
@@ -235,9 +236,20 @@ pub async fn run(
             }
         }
         match rebuild(&ctx) {
-            Ok(outcome) => report(&outcome, &mut warned),
-            // Keep the current trust files; the next tick tries again.
-            Err(e) => tracing::warn!(error = %e, "rebuilding trust files failed"),
+            Ok(outcome) => {
+                if last_error.take().is_some() {
+                    tracing::info!("rebuilding trust files works again");
+                }
+                report(&outcome, &mut warned);
+            }
+            // Keep the current trust files; the next tick tries again. Said once per error.
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "rebuilding trust files failed; keeping the current ones");
+                }
+                last_error = Some(text);
+            }
         }
     }
     sshd.stop().await;

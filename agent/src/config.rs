@@ -60,6 +60,9 @@ pub struct EtcdConfig {
     pub election_ms: u64,
     /// Seconds to wait for etcd to answer after it was started.
     pub start_timeout_s: u64,
+    /// Raft pre-vote: a node cut off from the cluster does not inflate the term and force an
+    /// election when it comes back (etcd 3.4 defaults to off).
+    pub pre_vote: bool,
 }
 
 /// SSH settings used by `sshkeys`.
@@ -129,6 +132,7 @@ impl Default for EtcdConfig {
             heartbeat_ms: 100,
             election_ms: 1000,
             start_timeout_s: 60,
+            pre_vote: true,
         }
     }
 }

@@ -62,6 +62,7 @@ pub fn etcd_args(config: &Config) -> Vec<String> {
         "--initial-cluster-state=new".into(),
         format!("--heartbeat-interval={}", e.heartbeat_ms),
         format!("--election-timeout={}", e.election_ms),
+        format!("--pre-vote={}", e.pre_vote),
         "--logger=zap".into(),
         "--log-outputs=stderr".into(),
     ]
@@ -180,6 +181,7 @@ mod tests {
         assert!(has("--initial-cluster-token=lab"));
         assert!(has("--heartbeat-interval=100"));
         assert!(has("--election-timeout=1000"));
+        assert!(has("--pre-vote=true"));
     }
 
     #[test]

@@ -145,7 +145,9 @@ pub async fn connect(endpoint: &str) -> Result<etcd_client::Client, etcd_client:
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        // etcd answers pings closer than 5 s apart with GOAWAY ("too many pings"), which
+        // would cut long-lived watches and keep-alive streams: stay well above that.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3));
     etcd_client::Client::connect([endpoint], Some(opts)).await
 }
 

@@ -45,6 +45,9 @@ pub enum Command {
     /// Measure how fast the cluster follows faults.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Grade a submission of the assignment (or clusterlab itself) with a profile: every
+    /// scenario once on a fresh cluster; writes report.json and junit.xml.
+    Grade(crate::grade::GradeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench_failover::run_failover_cli(a).await?
         }
         Command::Bench(BenchCommand::Proxy(a)) => crate::bench_failover::run_proxy_cli(a).await?,
+        Command::Grade(a) => crate::grade::run_cli(a).await?,
         Command::Partition(a) => crate::faults::run_partition_cli(a).await?,
         Command::Heal(a) => crate::faults::run_heal_cli(a).await?,
         Command::Down(a) => {

@@ -13,6 +13,8 @@
 //! - [`bench_hosts`]: hosts-file probes shared with the hosts trials; `harness bench hosts`.
 //! - [`bench_failover`]: HTTP probes shared with the proxy trials; `harness bench failover`
 //!   and `harness bench proxy`.
+//! - [`grade`]: `harness grade`: profiles, a submission's cluster, scenarios judged from
+//!   outside, report.json and junit.xml.
 //! - [`progress`]: timed step lines and spinners for long steps.
 
 pub mod bench_failover;
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod cluster;
 pub mod docker;
 pub mod faults;
+pub mod grade;
 pub mod images;
 pub mod names;
 pub mod progress;

@@ -4,6 +4,7 @@ use harness::trial::Environment;
 use libtest_mimic::Trial;
 
 pub mod foundation;
+pub mod grading;
 pub mod hosts;
 pub mod partition;
 pub mod proxy;
@@ -17,5 +18,6 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(ssh::trials(env));
     t.extend(partition::trials(env));
     t.extend(proxy::trials(env));
+    t.extend(grading::trials(env));
     t
 }

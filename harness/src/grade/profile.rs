@@ -1,0 +1,688 @@
+//! Grading profiles: how to run a submission of the assignment and how much time each check
+//! allows. A profile is one TOML file read through figment; see docs/GRADING.md for every
+//! field. Unknown keys are errors that name the key and the file, so a typo never silently
+//! grades with a default.
+
+use crate::names::Subnet;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Placeholders a node's command, entrypoint and environment may use.
+pub const NODE_PLACEHOLDERS: [&str; 9] = [
+    "ip", "index", "n", "name", "first_ip", "peers", "ips", "cluster", "subnet",
+];
+/// Placeholders the SSH test command and its expected output may use (the node it runs on
+/// is `ip`/`name`/`index`, the node it reaches is `peer`/`peer_name`/`peer_index`).
+pub const SSH_PLACEHOLDERS: [&str; 7] = [
+    "ip",
+    "index",
+    "name",
+    "peer",
+    "peer_name",
+    "peer_index",
+    "n",
+];
+
+/// A profile that cannot be read or does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("reading grading profile {file}: {reason}")]
+    Load { file: String, reason: String },
+    #[error("grading profile {file}: `{key}` {reason}")]
+    Invalid {
+        file: String,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// How to run and judge one submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Profile {
+    /// Names the submission in reports and prefixes its Docker objects.
+    pub name: String,
+    /// Number of nodes (at least 3, so that a majority survives a kill).
+    pub nodes: usize,
+    pub submission: SubmissionSource,
+    pub network: NetworkPlan,
+    pub node: NodeTemplate,
+    pub judge: Judge,
+    pub limits: Limits,
+}
+
+/// Where the submission's image comes from: exactly one of the three.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionSource {
+    /// An image present locally (nothing can be pulled).
+    pub image: Option<String>,
+    /// A directory holding a Dockerfile, relative to the profile file. It is built on top of
+    /// clusterlab's base image, passed as the build argument BASE.
+    pub build: Option<PathBuf>,
+    /// clusterlab's own node image, built from this source tree.
+    pub clusterlab_node_image: bool,
+}
+
+/// The IP plan: node i gets the address `first_offset + i` inside `subnet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkPlan {
+    pub subnet: String,
+    pub first_offset: u32,
+}
+
+/// How each node's container is started. Every string may use [`NODE_PLACEHOLDERS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeTemplate {
+    /// The container's command (empty: the image's own CMD).
+    pub command: Vec<String>,
+    /// Replaces the image's ENTRYPOINT when not empty.
+    pub entrypoint: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Where the volume shared by every node is mounted (the assignment's /mnt).
+    pub shared_mount: String,
+    /// Where a per-node volume is mounted; empty for none.
+    pub data_mount: String,
+    /// Linux capabilities added to each container (e.g. NET_ADMIN).
+    pub cap_add: Vec<String>,
+}
+
+/// What is judged and how it is reached from outside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Judge {
+    /// The hosts file read in every node.
+    pub hosts_file: String,
+    /// Port of each node's etcd client API, asked from the host for the raft leader.
+    pub etcd_client_port: u16,
+    /// Port the leader's web service answers on.
+    pub service_port: u16,
+    /// Path requested from the web service.
+    pub service_path: String,
+    /// Shell command run in one node to reach another with no password; uses
+    /// [`SSH_PLACEHOLDERS`]. It must exit 0.
+    pub ssh_command: String,
+    /// Text the SSH command's output must contain (empty: the exit code alone counts).
+    pub ssh_expect: String,
+}
+
+/// Time allowed for each check, in seconds unless named otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// From the containers' start until every hosts table and the leader service are right.
+    pub start_s: u64,
+    /// From a kill until the dead node is gone from every surviving hosts table (and the
+    /// tables are right again).
+    pub dead_node_s: u64,
+    /// From the leader's kill until every survivor's host0 is the new leader and the
+    /// service answers there.
+    pub leader_change_s: u64,
+    /// For the SSH check to see every pair succeed (failed pairs are retried).
+    pub ssh_s: u64,
+    /// For one SSH command.
+    pub ssh_command_s: u64,
+    /// Hard bound on one whole scenario, cluster start and cleanup excluded.
+    pub scenario_s: u64,
+    /// Pause between observations while waiting, in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            name: String::new(),
+            nodes: 3,
+            submission: SubmissionSource::default(),
+            network: NetworkPlan::default(),
+            node: NodeTemplate::default(),
+            judge: Judge::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for NetworkPlan {
+    fn default() -> Self {
+        NetworkPlan {
+            subnet: "10.79.0.0/24".into(),
+            first_offset: 10,
+        }
+    }
+}
+
+impl Default for NodeTemplate {
+    fn default() -> Self {
+        NodeTemplate {
+            command: Vec::new(),
+            entrypoint: Vec::new(),
+            env: BTreeMap::new(),
+            shared_mount: "/mnt".into(),
+            data_mount: String::new(),
+            cap_add: Vec::new(),
+        }
+    }
+}
+
+impl Default for Judge {
+    fn default() -> Self {
+        Judge {
+            hosts_file: "/etc/hosts".into(),
+            etcd_client_port: 2379,
+            service_port: 8888,
+            service_path: "/".into(),
+            ssh_command: "ssh -o BatchMode=yes -o ConnectTimeout=5 {peer} hostname".into(),
+            ssh_expect: "{peer_name}".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            start_s: 90,
+            dead_node_s: 45,
+            leader_change_s: 30,
+            ssh_s: 30,
+            ssh_command_s: 10,
+            scenario_s: 300,
+            poll_ms: 250,
+        }
+    }
+}
+
+/// Where the image comes from, once the profile is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    Image(String),
+    /// An absolute directory holding a Dockerfile.
+    Build(PathBuf),
+    ClusterlabNode,
+}
+
+impl Profile {
+    /// Reads and checks a profile file. A relative `submission.build` is resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let file = path.display().to_string();
+        if !path.is_file() {
+            return Err(ProfileError::Load {
+                file,
+                reason: "no such file".into(),
+            });
+        }
+        let fig = Figment::from(Serialized::defaults(Profile::default())).merge(Toml::file(path));
+        let mut profile = Self::from_figment(&fig, &file)?;
+        if let Some(dir) = &profile.submission.build {
+            if dir.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                let joined = base.join(dir);
+                // Absolute and without `.` parts, so reports name the directory plainly.
+                profile.submission.build = Some(std::fs::canonicalize(&joined).unwrap_or(joined));
+            }
+        }
+        Ok(profile)
+    }
+
+    /// Extracts and checks a profile from any figment; `file` names it in errors.
+    pub fn from_figment(fig: &Figment, file: &str) -> Result<Profile, ProfileError> {
+        let profile: Profile = fig.extract().map_err(|e| ProfileError::Load {
+            file: file.to_string(),
+            reason: e
+                .into_iter()
+                .map(|e| describe_figment_error(&e))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+        profile.validate(file)?;
+        Ok(profile)
+    }
+
+    /// Checks what serde cannot: one image source, a usable IP plan, known placeholders,
+    /// non-zero limits.
+    pub fn validate(&self, file: &str) -> Result<(), ProfileError> {
+        let invalid = |key: &'static str, reason: String| {
+            Err(ProfileError::Invalid {
+                file: file.to_string(),
+                key,
+                reason,
+            })
+        };
+        if let Err(e) = crate::names::validate_cluster_name(&self.name) {
+            return invalid("name", e);
+        }
+        if self.name.len() > 20 {
+            return invalid(
+                "name",
+                format!(
+                    "{:?} is longer than 20 characters (it prefixes Docker object names)",
+                    self.name
+                ),
+            );
+        }
+        if !(3..=20).contains(&self.nodes) {
+            return invalid(
+                "nodes",
+                format!(
+                    "is {}; give 3 to 20 (a majority must survive a kill)",
+                    self.nodes
+                ),
+            );
+        }
+        let s = &self.submission;
+        let sources = [
+            s.image.is_some(),
+            s.build.is_some(),
+            s.clusterlab_node_image,
+        ];
+        if sources.iter().filter(|b| **b).count() != 1 {
+            return invalid(
+                "submission",
+                "needs exactly one of `image`, `build` or `clusterlab_node_image = true`".into(),
+            );
+        }
+        let subnet = match self.network.subnet.parse::<Subnet>() {
+            Ok(s) => s,
+            Err(e) => return invalid("network.subnet", e),
+        };
+        let room = 1u64 << (32 - subnet.prefix);
+        let first = self.network.first_offset as u64;
+        if first < 2 || first + self.nodes as u64 >= room - 1 {
+            return invalid(
+                "network.first_offset",
+                format!(
+                    "{first} puts {} nodes outside {subnet} (offsets 0, 1 and the broadcast address are taken)",
+                    self.nodes
+                ),
+            );
+        }
+        for (key, text) in [
+            ("node.shared_mount", &self.node.shared_mount),
+            ("node.data_mount", &self.node.data_mount),
+            ("judge.hosts_file", &self.judge.hosts_file),
+        ] {
+            let optional = key == "node.data_mount";
+            if !(text.starts_with('/') || optional && text.is_empty()) {
+                return invalid(key, format!("{text:?} must be an absolute path"));
+            }
+        }
+        if !self.judge.service_path.starts_with('/') {
+            return invalid(
+                "judge.service_path",
+                format!("{:?} must start with /", self.judge.service_path),
+            );
+        }
+        for t in self.node.command.iter().chain(&self.node.entrypoint) {
+            if let Err(e) = check_template(t, &NODE_PLACEHOLDERS) {
+                return invalid("node.command/node.entrypoint", e);
+            }
+        }
+        for (k, v) in &self.node.env {
+            if k.is_empty() || k.contains('=') {
+                return invalid("node.env", format!("{k:?} is not a variable name"));
+            }
+            if let Err(e) = check_template(v, &NODE_PLACEHOLDERS) {
+                return invalid("node.env", format!("{k}: {e}"));
+            }
+        }
+        if self.judge.ssh_command.trim().is_empty() {
+            return invalid("judge.ssh_command", "is empty".into());
+        }
+        if let Err(e) = check_template(&self.judge.ssh_command, &SSH_PLACEHOLDERS) {
+            return invalid("judge.ssh_command", e);
+        }
+        if let Err(e) = check_template(&self.judge.ssh_expect, &SSH_PLACEHOLDERS) {
+            return invalid("judge.ssh_expect", e);
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.start_s", l.start_s),
+            ("limits.dead_node_s", l.dead_node_s),
+            ("limits.leader_change_s", l.leader_change_s),
+            ("limits.ssh_s", l.ssh_s),
+            ("limits.ssh_command_s", l.ssh_command_s),
+            ("limits.scenario_s", l.scenario_s),
+            ("limits.poll_ms", l.poll_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be above 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The checked image source.
+    pub fn image_source(&self) -> ImageSource {
+        let s = &self.submission;
+        match (&s.image, &s.build) {
+            (Some(i), _) => ImageSource::Image(i.clone()),
+            (None, Some(dir)) => ImageSource::Build(dir.clone()),
+            (None, None) => ImageSource::ClusterlabNode,
+        }
+    }
+
+    /// The profile's subnet (checked by [`Profile::validate`]).
+    pub fn subnet(&self) -> Subnet {
+        self.network.subnet.parse().unwrap_or(Subnet {
+            base: Ipv4Addr::new(10, 79, 0, 0),
+            prefix: 24,
+        })
+    }
+
+    /// A duration from a limit in seconds.
+    pub fn secs(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+
+    /// The pause between observations.
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.limits.poll_ms)
+    }
+}
+
+/// The IP plan of one run: the profile's plan, possibly on another subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPlan {
+    pub subnet: Subnet,
+    pub first_offset: u32,
+    pub nodes: usize,
+}
+
+impl IpPlan {
+    pub fn node_ip(&self, i: usize) -> Ipv4Addr {
+        self.subnet.host(self.first_offset + i as u32)
+    }
+
+    /// The values of [`NODE_PLACEHOLDERS`] for node `i` of cluster `cluster`.
+    pub fn node_vars(&self, i: usize, cluster: &str) -> BTreeMap<&'static str, String> {
+        let names: Vec<String> = (0..self.nodes)
+            .map(crate::names::ClusterNames::node_name)
+            .collect();
+        let ips: Vec<String> = (0..self.nodes)
+            .map(|k| self.node_ip(k).to_string())
+            .collect();
+        let peers: Vec<String> = names
+            .iter()
+            .zip(&ips)
+            .map(|(n, ip)| format!("{n}={ip}"))
+            .collect();
+        BTreeMap::from([
+            ("ip", ips[i].clone()),
+            ("index", i.to_string()),
+            ("n", self.nodes.to_string()),
+            ("name", names[i].clone()),
+            ("first_ip", ips[0].clone()),
+            ("peers", peers.join(",")),
+            ("ips", ips.join(",")),
+            ("cluster", cluster.to_string()),
+            ("subnet", self.subnet.to_string()),
+        ])
+    }
+}
+
+/// Fills `{name}` placeholders from `vars`; `{{` and `}}` stand for literal braces.
+pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(pos) = rest.find(['{', '}']) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            out.push('}');
+            rest = after;
+        } else if tail.starts_with('}') {
+            return Err(format!(
+                "{template:?} has a lone `}}` (write `}}}}` for a literal brace)"
+            ));
+        } else {
+            let end = tail.find('}').ok_or_else(|| {
+                format!("{template:?} has an unclosed `{{` (write `{{{{` for a literal brace)")
+            })?;
+            let key = &tail[1..end];
+            let value = vars.get(key).ok_or_else(|| {
+                let known: Vec<String> = vars.keys().map(|k| format!("{{{k}}}")).collect();
+                format!(
+                    "{template:?} uses unknown placeholder {{{key}}}; known: {}",
+                    known.join(" ")
+                )
+            })?;
+            out.push_str(value);
+            rest = &tail[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks that a template only uses `known` placeholders.
+pub fn check_template(template: &str, known: &[&'static str]) -> Result<(), String> {
+    let vars: BTreeMap<&str, String> = known.iter().map(|k| (*k, String::new())).collect();
+    render(template, &vars).map(|_| ())
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    let parent = e.path.join(".");
+    let key = match &e.kind {
+        figment::error::Kind::UnknownField(field, expected) => {
+            // figment's path usually ends with the unknown field already.
+            let full = if e.path.last() == Some(field) {
+                parent
+            } else if parent.is_empty() {
+                field.clone()
+            } else {
+                format!("{parent}.{field}")
+            };
+            return format!(
+                "unknown key `{full}`{}; known keys here: {}",
+                source_of(e),
+                expected.join(", ")
+            );
+        }
+        _ if parent.is_empty() => String::new(),
+        _ => format!(" at key `{parent}`"),
+    };
+    format!("{}{key}{}", e.kind, source_of(e))
+}
+
+fn source_of(e: &figment::Error) -> String {
+    match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(src) => format!(" (in {src})"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err, clippy::type_complexity)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const GOOD: &str = r#"
+name = "good"
+nodes = 3
+[submission]
+build = "."
+[network]
+subnet = "10.79.1.0/24"
+first_offset = 10
+[node]
+command = ["python3", "/opt/submission/daemon.py", "{ip}", "{n}", "{first_ip}"]
+shared_mount = "/mnt"
+[judge]
+ssh_command = "ssh -o BatchMode=yes {peer} hostname"
+ssh_expect = "{peer_name}"
+[limits]
+dead_node_s = 20
+"#;
+
+    #[test]
+    fn loads_a_profile_and_resolves_build_against_its_directory() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("sub")?;
+            jail.create_file("sub/profile.toml", GOOD)?;
+            let p = Profile::load(Path::new("sub/profile.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(p.name, "good");
+            let expected = std::fs::canonicalize("sub").map_err(|e| e.to_string())?;
+            assert_eq!(p.image_source(), ImageSource::Build(expected));
+            assert_eq!(p.limits.dead_node_s, 20);
+            // Unset limits keep their defaults.
+            assert_eq!(p.limits.start_s, Limits::default().start_s);
+            assert_eq!(p.subnet().to_string(), "10.79.1.0/24");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                &GOOD.replace("dead_node_s = 20", "dead_nodes_s = 20"),
+            )?;
+            let e = Profile::load(Path::new("p.toml")).unwrap_err().to_string();
+            assert!(e.contains("`limits.dead_nodes_s`"), "{e}");
+            assert!(e.contains("p.toml"), "{e}");
+            assert!(e.contains("dead_node_s"), "should list the known keys: {e}");
+            jail.create_file("q.toml", &format!("colour = \"red\"\n{GOOD}"))?;
+            let e = Profile::load(Path::new("q.toml")).unwrap_err().to_string();
+            assert!(e.contains("`colour`") && e.contains("q.toml"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("p.toml", &GOOD.replace("nodes = 3", "nodes = \"three\""))?;
+            let e = Profile::load(Path::new("p.toml")).unwrap_err().to_string();
+            assert!(e.contains("`nodes`") && e.contains("p.toml"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Profile::load(Path::new("/nonexistent/p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/p.toml") && e.contains("no such file"),
+            "{e}"
+        );
+    }
+
+    fn checked(f: impl FnOnce(&mut Profile)) -> Result<(), String> {
+        let mut p: Profile = Figment::from(Serialized::defaults(Profile::default()))
+            .merge(Toml::string(GOOD))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        f(&mut p);
+        p.validate("t.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        assert_eq!(checked(|_| {}), Ok(()));
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut Profile)>)> = vec![
+            ("`nodes`", Box::new(|p| p.nodes = 2)),
+            ("`name`", Box::new(|p| p.name = "Bad Name".into())),
+            (
+                "`submission`",
+                Box::new(|p| p.submission.image = Some("x".into())),
+            ),
+            ("`submission`", Box::new(|p| p.submission.build = None)),
+            (
+                "`network.subnet`",
+                Box::new(|p| p.network.subnet = "10.79.1.1/24".into()),
+            ),
+            (
+                "`network.first_offset`",
+                Box::new(|p| p.network.first_offset = 253),
+            ),
+            (
+                "`network.first_offset`",
+                Box::new(|p| p.network.first_offset = 1),
+            ),
+            (
+                "`node.shared_mount`",
+                Box::new(|p| p.node.shared_mount = "mnt".into()),
+            ),
+            (
+                "`node.command/node.entrypoint`",
+                Box::new(|p| p.node.command.push("{peer}".into())),
+            ),
+            (
+                "`node.env`",
+                Box::new(|p| {
+                    p.node.env.insert("X".into(), "{nope}".into());
+                }),
+            ),
+            (
+                "`judge.ssh_command`",
+                Box::new(|p| p.judge.ssh_command = "ssh {first_ip}".into()),
+            ),
+            (
+                "`judge.ssh_expect`",
+                Box::new(|p| p.judge.ssh_expect = "{".into()),
+            ),
+            ("`limits.poll_ms`", Box::new(|p| p.limits.poll_ms = 0)),
+        ];
+        for (key, f) in cases {
+            let e = checked(f).expect_err(key);
+            assert!(e.contains(key) && e.contains("t.toml"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn render_fills_placeholders_and_escapes_braces() {
+        let plan = IpPlan {
+            subnet: "10.79.1.0/24".parse().unwrap(),
+            first_offset: 10,
+            nodes: 3,
+        };
+        let v = plan.node_vars(2, "lab");
+        assert_eq!(
+            render("{name} {ip} {index}/{n} {first_ip}", &v).unwrap(),
+            "node2 10.79.1.12 2/3 10.79.1.10"
+        );
+        assert_eq!(
+            render("{peers}", &v).unwrap(),
+            "node0=10.79.1.10,node1=10.79.1.11,node2=10.79.1.12"
+        );
+        assert_eq!(
+            render("{ips} {cluster} {subnet}", &v).unwrap(),
+            "10.79.1.10,10.79.1.11,10.79.1.12 lab 10.79.1.0/24"
+        );
+        assert_eq!(render("a{{b}}c", &v).unwrap(), "a{b}c");
+        assert!(render("{bogus}", &v).unwrap_err().contains("{bogus}"));
+        assert!(render("x}", &v).is_err());
+        assert!(render("{ip", &v).is_err());
+    }
+
+    #[test]
+    fn every_shipped_profile_loads() {
+        let root = crate::images::default_workspace();
+        for p in [
+            "profiles/clusterlab.toml",
+            "fixtures/good/profile.toml",
+            "fixtures/faulty/profile.toml",
+        ] {
+            let path = root.join(p);
+            let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            if let ImageSource::Build(dir) = profile.image_source() {
+                assert!(dir.join("Dockerfile").is_file(), "{p}: {}", dir.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Grading reports: report.json (everything, for tools), junit.xml (for CI systems that read
+//! JUnit) and the summary table printed at the end of `harness grade`. Writing them is pure
+//! text work, tested here; only [`write_reports`] touches the file system.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// How a scenario ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Passed,
+    /// The submission did not do what the assignment asks.
+    Failed,
+    /// The grader could not run the scenario (Docker, image); says nothing about the
+    /// submission.
+    Error,
+}
+
+/// One check inside a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub name: String,
+    pub passed: bool,
+    pub reason: Option<String>,
+    /// Seconds from the check's reference point until it held.
+    pub seconds: Option<f64>,
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub description: String,
+    pub status: Status,
+    pub passed: bool,
+    /// Why it failed: every failed check as `check: reason`, joined by ` | `.
+    pub reason: Option<String>,
+    /// Wall time of the scenario, cluster start and cleanup included.
+    pub seconds: f64,
+    /// What it measured, in seconds unless the name says otherwise.
+    pub figures: BTreeMap<String, f64>,
+    pub notes: Vec<String>,
+    pub checks: Vec<CheckReport>,
+    /// The nodes' last log lines, when the scenario did not pass.
+    pub logs: Option<String>,
+}
+
+/// A whole grading run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradeReport {
+    /// The profile's name.
+    pub profile: String,
+    pub profile_file: String,
+    pub image: String,
+    pub nodes: usize,
+    pub subnet: String,
+    pub passed: usize,
+    pub failed: usize,
+    pub errors: usize,
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+impl GradeReport {
+    pub fn new(
+        profile: &str,
+        profile_file: &str,
+        image: &str,
+        nodes: usize,
+        subnet: &str,
+        scenarios: Vec<ScenarioReport>,
+    ) -> Self {
+        let count = |s: Status| scenarios.iter().filter(|r| r.status == s).count();
+        GradeReport {
+            profile: profile.into(),
+            profile_file: profile_file.into(),
+            image: image.into(),
+            nodes,
+            subnet: subnet.into(),
+            passed: count(Status::Passed),
+            failed: count(Status::Failed),
+            errors: count(Status::Error),
+            scenarios,
+        }
+    }
+
+    /// The scenario named `name`.
+    pub fn scenario(&self, name: &str) -> Option<&ScenarioReport> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+}
+
+/// Escapes text for XML attribute values and character data. Characters XML 1.0 cannot
+/// carry at all (most control characters) become U+FFFD, so the file always parses.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn figures_text(figures: &BTreeMap<String, f64>) -> String {
+    figures
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The report as JUnit XML: one test suite for the profile, one test case per scenario.
+/// A failed scenario carries `<failure>`, one the grader could not run `<error>`.
+pub fn junit_xml(r: &GradeReport) -> String {
+    let total_time: f64 = r.scenarios.iter().map(|s| s.seconds).sum();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let suite = xml_escape(&format!("grade.{}", r.profile));
+    let _ = writeln!(
+        x,
+        "<testsuites name=\"clusterlab grade\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{total_time:.2}\">",
+        r.scenarios.len(),
+        r.failed,
+        r.errors
+    );
+    let _ = writeln!(
+        x,
+        "  <testsuite name=\"{suite}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"0\" time=\"{total_time:.2}\">",
+        r.scenarios.len(),
+        r.failed,
+        r.errors
+    );
+    let _ = writeln!(x, "    <properties>");
+    for (k, v) in [
+        ("profile_file", r.profile_file.as_str()),
+        ("image", r.image.as_str()),
+        ("subnet", r.subnet.as_str()),
+    ] {
+        let _ = writeln!(
+            x,
+            "      <property name=\"{k}\" value=\"{}\"/>",
+            xml_escape(v)
+        );
+    }
+    let _ = writeln!(x, "    </properties>");
+    for s in &r.scenarios {
+        let _ = writeln!(
+            x,
+            "    <testcase classname=\"{suite}\" name=\"{}\" time=\"{:.2}\">",
+            xml_escape(&s.name),
+            s.seconds
+        );
+        let reason = s.reason.clone().unwrap_or_default();
+        let first_line = reason.lines().next().unwrap_or("");
+        match s.status {
+            Status::Passed => {}
+            Status::Failed => {
+                let _ = writeln!(
+                    x,
+                    "      <failure message=\"{}\" type=\"failed\">{}</failure>",
+                    xml_escape(first_line),
+                    xml_escape(&reason)
+                );
+            }
+            Status::Error => {
+                let _ = writeln!(
+                    x,
+                    "      <error message=\"{}\" type=\"error\">{}</error>",
+                    xml_escape(first_line),
+                    xml_escape(&reason)
+                );
+            }
+        }
+        let mut out = format!("{}\n", s.description);
+        if !s.figures.is_empty() {
+            let _ = writeln!(out, "figures: {}", figures_text(&s.figures));
+        }
+        for n in &s.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        for c in &s.checks {
+            let _ = writeln!(
+                out,
+                "check {}: {}{}",
+                c.name,
+                if c.passed { "passed" } else { "FAILED" },
+                c.reason
+                    .as_ref()
+                    .map(|r| format!(" — {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = writeln!(x, "      <system-out>{}</system-out>", xml_escape(&out));
+        if let Some(logs) = &s.logs {
+            let _ = writeln!(x, "      <system-err>{}</system-err>", xml_escape(logs));
+        }
+        let _ = writeln!(x, "    </testcase>");
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// The table printed at the end of a run: one line per scenario, then the reasons.
+pub fn summary_table(r: &GradeReport) -> String {
+    let mut t = format!(
+        "grading {} ({} nodes, image {})\n{:<15} {:<7} {:>8}  {}\n",
+        r.profile, r.nodes, r.image, "SCENARIO", "RESULT", "TIME", "FIGURES"
+    );
+    for s in &r.scenarios {
+        let result = match s.status {
+            Status::Passed => "passed",
+            Status::Failed => "FAILED",
+            Status::Error => "ERROR",
+        };
+        let _ = writeln!(
+            t,
+            "{:<15} {:<7} {:>6.1} s  {}",
+            s.name,
+            result,
+            s.seconds,
+            figures_text(&s.figures)
+        );
+    }
+    for s in r.scenarios.iter().filter(|s| s.status != Status::Passed) {
+        let reason = |text: Option<&str>| printable(text.unwrap_or(""));
+        let _ = writeln!(
+            t,
+            "\n{} {}:",
+            s.name,
+            if s.status == Status::Error {
+                "could not be run"
+            } else {
+                "failed"
+            }
+        );
+        for c in s.checks.iter().filter(|c| !c.passed) {
+            let _ = writeln!(t, "  - {}: {}", c.name, reason(c.reason.as_deref()));
+        }
+        if s.status == Status::Error {
+            let _ = writeln!(t, "  - {}", reason(s.reason.as_deref()));
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\n{} passed, {} failed, {} could not be run",
+        r.passed, r.failed, r.errors
+    );
+    t
+}
+
+/// Text from a submission made safe for a terminal: control characters other than newline
+/// and tab become U+FFFD.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Writes DIR/report.json and DIR/junit.xml, creating DIR.
+pub fn write_reports(dir: &Path, r: &GradeReport) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.json"), json + "\n")?;
+    std::fs::write(dir.join("junit.xml"), junit_xml(r))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quick_xml::events::Event;
+    use quick_xml::Reader;
+
+    fn sample() -> GradeReport {
+        let passed = ScenarioReport {
+            name: "startup".into(),
+            description: "a fresh cluster".into(),
+            status: Status::Passed,
+            passed: true,
+            reason: None,
+            seconds: 12.5,
+            figures: BTreeMap::from([("hosts_correct_s".into(), 3.25)]),
+            notes: vec![],
+            checks: vec![CheckReport {
+                name: "hosts".into(),
+                passed: true,
+                reason: None,
+                seconds: Some(3.25),
+            }],
+            logs: None,
+        };
+        let reason = "hosts: node2 (10.79.1.12) still listed as host2 in /etc/hosts of node0 (10.79.1.10) 20.1 s after it was killed; allowed 20 s (limits.dead_node_s) | ssh: <x> & \"y\" 'z' \u{1b}[31m";
+        let failed = ScenarioReport {
+            name: "kill_follower".into(),
+            description: "after a follower is killed".into(),
+            status: Status::Failed,
+            passed: false,
+            reason: Some(reason.into()),
+            seconds: 40.0,
+            figures: BTreeMap::new(),
+            notes: vec!["killed node2 (10.79.1.12), the follower".into()],
+            checks: vec![CheckReport {
+                name: "hosts".into(),
+                passed: false,
+                reason: Some(reason.trim_start_matches("hosts: ").into()),
+                seconds: None,
+            }],
+            logs: Some("[g-node0]\ndaemon: <started> & \u{0}\n".into()),
+        };
+        let error = ScenarioReport {
+            name: "kill_leader".into(),
+            description: "after the leader is killed".into(),
+            status: Status::Error,
+            passed: false,
+            reason: Some("the grader could not run this scenario: creating network".into()),
+            seconds: 0.5,
+            figures: BTreeMap::new(),
+            notes: vec![],
+            checks: vec![],
+            logs: None,
+        };
+        GradeReport::new(
+            "good",
+            "fixtures/good/profile.toml",
+            "img:1",
+            3,
+            "10.79.1.0/24",
+            vec![passed, failed, error],
+        )
+    }
+
+    #[test]
+    fn escapes_markup_and_drops_what_xml_cannot_carry() {
+        assert_eq!(
+            xml_escape("a<b>&\"c\"'d'"),
+            "a&lt;b&gt;&amp;&quot;c&quot;&apos;d&apos;"
+        );
+        assert_eq!(xml_escape("x\u{1b}y\u{0}z\n"), "x\u{FFFD}y\u{FFFD}z\n");
+    }
+
+    type Elements = Vec<(String, BTreeMap<String, String>)>;
+
+    /// Parses the XML fully and returns (element name, attributes) of every start tag and
+    /// the concatenated text of <failure> elements.
+    fn parse(xml: &str) -> (Elements, String) {
+        let mut reader = Reader::from_str(xml);
+        let mut elements = Vec::new();
+        let mut failure_text = String::new();
+        let mut in_failure = false;
+        loop {
+            match reader.read_event().expect("junit.xml must parse") {
+                Event::Start(e) | Event::Empty(e) => {
+                    let name = String::from_utf8(e.name().as_ref().to_vec()).unwrap();
+                    in_failure = name == "failure";
+                    let attrs = e
+                        .attributes()
+                        .map(|a| {
+                            let a = a.expect("attribute must parse");
+                            (
+                                String::from_utf8(a.key.as_ref().to_vec()).unwrap(),
+                                a.unescape_value()
+                                    .expect("attribute must unescape")
+                                    .to_string(),
+                            )
+                        })
+                        .collect();
+                    elements.push((name, attrs));
+                }
+                Event::Text(t) if in_failure => {
+                    failure_text.push_str(&t.unescape().expect("text must unescape"))
+                }
+                Event::End(_) => in_failure = false,
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        (elements, failure_text)
+    }
+
+    #[test]
+    fn junit_parses_and_carries_every_scenario() {
+        let r = sample();
+        let (elements, failure_text) = parse(&junit_xml(&r));
+        let get = |name: &str| -> Vec<&BTreeMap<String, String>> {
+            elements
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, a)| a)
+                .collect()
+        };
+        let suites = get("testsuite");
+        assert_eq!(suites.len(), 1);
+        assert_eq!(suites[0]["tests"], "3");
+        assert_eq!(suites[0]["failures"], "1");
+        assert_eq!(suites[0]["errors"], "1");
+        let cases: Vec<&str> = get("testcase").iter().map(|a| a["name"].as_str()).collect();
+        assert_eq!(cases, ["startup", "kill_follower", "kill_leader"]);
+        let failures = get("failure");
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0]["message"].contains("node2 (10.79.1.12) still listed"));
+        assert!(failure_text.contains("<x> & \"y\" 'z'"), "{failure_text}");
+        assert_eq!(get("error").len(), 1);
+    }
+
+    #[test]
+    fn json_round_trips_with_lowercase_status() {
+        let r = sample();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"status\":\"failed\""));
+        let back: GradeReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!((r.passed, r.failed, r.errors), (1, 1, 1));
+    }
+
+    #[test]
+    fn summary_names_each_scenario_and_the_failed_checks() {
+        let t = summary_table(&sample());
+        assert!(t.contains("startup         passed"), "{t}");
+        assert!(t.contains("kill_follower   FAILED"), "{t}");
+        assert!(t.contains("hosts_correct_s=3.25"), "{t}");
+        assert!(
+            t.contains("  - hosts: node2 (10.79.1.12) still listed"),
+            "{t}"
+        );
+        assert!(t.contains("1 passed, 1 failed, 1 could not be run"), "{t}");
+        assert!(
+            !t.contains('\u{1b}'),
+            "control characters reach the terminal: {t}"
+        );
+    }
+
+    #[test]
+    fn reports_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("out");
+        write_reports(&dir, &sample()).unwrap();
+        let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
+        let back: GradeReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.scenarios.len(), 3);
+        parse(&std::fs::read_to_string(dir.join("junit.xml")).unwrap());
+    }
+}

@@ -1,0 +1,711 @@
+//! The graded scenarios, each against a fresh cluster of the submission: `startup` (hosts
+//! tables, the leader service and SSH on a new cluster), `kill_follower` and `kill_leader`
+//! (all of it again after the kill). Every wait has the profile's time bound and measures
+//! how long the submission took; a failed wait's reason says what was still wrong.
+
+use super::judge::{
+    judge_hosts, judge_service, parse_host_lines, raft_leader, summarize, DeadNode, HostLine,
+    HostsProblem, NodeRef,
+};
+use super::profile::{render, Profile};
+use super::report::{CheckReport, ScenarioReport, Status};
+use super::runner::SubmissionCluster;
+use crate::docker::HarnessError;
+use crate::wait::wait_for;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most problems named in one reason.
+const MAX_PROBLEMS: usize = 4;
+
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Startup,
+    KillFollower,
+    KillLeader,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 3] = [
+        Scenario::Startup,
+        Scenario::KillFollower,
+        Scenario::KillLeader,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Startup => "startup",
+            Scenario::KillFollower => "kill_follower",
+            Scenario::KillLeader => "kill_leader",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Scenario::Startup => {
+                "a fresh cluster: hosts tables name etcd's leader as host0 and every node once, the leader service answers on the leader only, SSH works between every pair"
+            }
+            Scenario::KillFollower => {
+                "after a follower is killed: it leaves every hosts table in time, the rest stays right, the service stays on the leader, SSH works between the survivors"
+            }
+            Scenario::KillLeader => {
+                "after the leader is killed: host0 and the service move to etcd's new leader, the dead leader leaves every hosts table in time, SSH works between the survivors"
+            }
+        }
+    }
+
+    /// The scenario named `name` (as in reports and `--scenario`).
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What a scenario found so far: checks in order, measured figures, notes.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub checks: Vec<CheckReport>,
+    pub figures: BTreeMap<String, f64>,
+    pub notes: Vec<String>,
+}
+
+impl Recorder {
+    fn check(&mut self, name: &str, outcome: Result<f64, String>) -> bool {
+        let passed = outcome.is_ok();
+        self.checks.push(CheckReport {
+            name: name.into(),
+            passed,
+            reason: outcome.as_ref().err().cloned(),
+            seconds: outcome.ok().map(round),
+        });
+        passed
+    }
+    fn figure(&mut self, name: &str, secs: f64) {
+        self.figures.insert(name.into(), round(secs));
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// A point in time that waits are measured from, and what it was.
+#[derive(Debug, Clone, Copy)]
+struct Since {
+    at: Instant,
+    what: &'static str,
+}
+
+/// Runs one scenario against a fresh cluster and always removes it afterwards.
+pub async fn run_scenario(
+    sub: &SubmissionCluster,
+    scenario: Scenario,
+    log_lines: usize,
+) -> ScenarioReport {
+    let started = Instant::now();
+    let _ = sub.down().await;
+    let mut rec = Recorder::default();
+    let limit = Duration::from_secs(sub.profile.limits.scenario_s);
+    let outcome: Result<(), HarnessError> = async {
+        sub.up().await?;
+        let t0 = Instant::now();
+        let body = async {
+            match scenario {
+                Scenario::Startup => startup(sub, &mut rec, t0).await,
+                Scenario::KillFollower => kill(sub, &mut rec, t0, false).await,
+                Scenario::KillLeader => kill(sub, &mut rec, t0, true).await,
+            }
+        };
+        match tokio::time::timeout(limit, body).await {
+            Ok(r) => r,
+            Err(_) => {
+                rec.check(
+                    "scenario_time",
+                    Err(format!(
+                        "the scenario did not finish within {} s (limits.scenario_s)",
+                        limit.as_secs()
+                    )),
+                );
+                Ok(())
+            }
+        }
+    }
+    .await;
+    let (status, reason) = match &outcome {
+        Err(e) => (
+            Status::Error,
+            Some(format!("the grader could not run this scenario: {e}")),
+        ),
+        Ok(()) => {
+            let failed: Vec<String> = rec
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| format!("{}: {}", c.name, c.reason.clone().unwrap_or_default()))
+                .collect();
+            if failed.is_empty() {
+                (Status::Passed, None)
+            } else {
+                (Status::Failed, Some(failed.join(" | ")))
+            }
+        }
+    };
+    let logs = if status == Status::Passed {
+        None
+    } else {
+        Some(sub.logs_tail(log_lines).await).filter(|l| !l.is_empty())
+    };
+    if let Err(e) = sub.down().await {
+        rec.notes
+            .push(format!("warning: removing {}: {e}", sub.names.cluster));
+    }
+    ScenarioReport {
+        name: scenario.name().into(),
+        description: scenario.description().into(),
+        passed: status == Status::Passed,
+        status,
+        reason,
+        seconds: round(started.elapsed().as_secs_f64()),
+        figures: rec.figures,
+        notes: rec.notes,
+        checks: rec.checks,
+        logs,
+    }
+}
+
+async fn startup(
+    sub: &SubmissionCluster,
+    rec: &mut Recorder,
+    t0: Instant,
+) -> Result<(), HarnessError> {
+    let p = &sub.profile;
+    let all = sub.nodes();
+    let since = Since {
+        at: t0,
+        what: "the containers started",
+    };
+    let start = Duration::from_secs(p.limits.start_s);
+    let (hosts, svc) = tokio::join!(
+        wait_hosts(sub, &all, &[], since, start, "limits.start_s", None),
+        wait_service(sub, &all, since, start, "limits.start_s")
+    );
+    let hosts = hosts.result;
+    if let Ok(h) = &hosts {
+        rec.figure("hosts_correct_s", h.secs);
+    }
+    rec.check("hosts", hosts.map(|h| h.secs));
+    if let Ok(s) = &svc {
+        rec.figure("service_on_leader_s", *s);
+    }
+    rec.check("leader_service", svc);
+    check_ssh(sub, rec, &all).await;
+    Ok(())
+}
+
+async fn kill(
+    sub: &SubmissionCluster,
+    rec: &mut Recorder,
+    t0: Instant,
+    leader: bool,
+) -> Result<(), HarnessError> {
+    let p = &sub.profile;
+    let all = sub.nodes();
+    let since = Since {
+        at: t0,
+        what: "the containers started",
+    };
+    let start = Duration::from_secs(p.limits.start_s);
+    // The fault is only meaningful on a cluster that was right before it.
+    let (hosts, svc) = tokio::join!(
+        wait_hosts(sub, &all, &[], since, start, "limits.start_s", None),
+        wait_service(sub, &all, since, start, "limits.start_s")
+    );
+    let before = match (hosts.result, svc) {
+        (Ok(h), Ok(_)) => Ok(h),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(h), Err(s)) => Err(format!("{h}; {s}")),
+    };
+    let before = match before {
+        Ok(h) => {
+            rec.figure("ready_s", t0.elapsed().as_secs_f64());
+            rec.check("before_fault", Ok(t0.elapsed().as_secs_f64()));
+            h
+        }
+        Err(e) => {
+            rec.check(
+                "before_fault",
+                Err(format!("the cluster was never right before the fault: {e}")),
+            );
+            return Ok(());
+        }
+    };
+    let victim = if leader {
+        before.leader.clone()
+    } else {
+        // The lowest-numbered follower, so the same profile kills the same node each run.
+        match all.iter().find(|n| **n != before.leader) {
+            Some(n) => n.clone(),
+            None => return Ok(()),
+        }
+    };
+    let role = if leader { "leader" } else { "follower" };
+    sub.kill(&victim).await?;
+    let killed = Instant::now();
+    rec.notes.push(format!("killed {victim}, the {role}"));
+    let survivors: Vec<NodeRef> = all.iter().filter(|n| **n != victim).cloned().collect();
+    let since = Since {
+        at: killed,
+        what: if leader {
+            "the leader was killed"
+        } else {
+            "the follower was killed"
+        },
+    };
+    // The hosts tables and the service are watched at the same time, so each figure is
+    // the time that part of the submission took, not the sum.
+    let (hosts, svc) = tokio::join!(
+        hosts_after_kill(sub, &survivors, &victim, killed, leader),
+        wait_service(
+            sub,
+            &survivors,
+            since,
+            Duration::from_secs(p.limits.leader_change_s),
+            "limits.leader_change_s",
+        )
+    );
+    let (figures, hosts) = hosts;
+    for (k, v) in figures {
+        rec.figure(k, v);
+    }
+    rec.check("hosts", hosts);
+    if let Ok(s) = &svc {
+        rec.figure(
+            if leader {
+                "service_moved_s"
+            } else {
+                "service_on_leader_s"
+            },
+            *s,
+        );
+    }
+    rec.check("leader_service", svc);
+    check_ssh(sub, rec, &survivors).await;
+    Ok(())
+}
+
+/// The hosts check after a kill: for a dead leader, etcd elects a new one and every
+/// survivor's host0 moves to it within `limits.leader_change_s`; then the dead node leaves
+/// every table and the tables are right within `limits.dead_node_s`. Returns the figures
+/// measured and the check's outcome.
+async fn hosts_after_kill(
+    sub: &SubmissionCluster,
+    survivors: &[NodeRef],
+    victim: &NodeRef,
+    killed: Instant,
+    leader: bool,
+) -> (Vec<(&'static str, f64)>, Result<f64, String>) {
+    let p = &sub.profile;
+    let mut figures = Vec::new();
+    let since = Since {
+        at: killed,
+        what: if leader {
+            "the leader was killed"
+        } else {
+            "the follower was killed"
+        },
+    };
+    let dead = [(victim.clone(), killed)];
+    if leader {
+        let change_limit = Duration::from_secs(p.limits.leader_change_s);
+        match wait_new_leader(sub, survivors, victim, killed, change_limit).await {
+            Ok(s) => figures.push(("new_etcd_leader_s", s)),
+            Err(e) => return (figures, Err(e)),
+        }
+        let moved = wait_hosts(
+            sub,
+            survivors,
+            &dead,
+            since,
+            change_limit,
+            "limits.leader_change_s",
+            Some(&|probs: &[HostsProblem]| !probs.iter().any(HostsProblem::is_host0)),
+        )
+        .await
+        .result;
+        match moved {
+            Ok(h) => figures.push(("host0_moved_s", h.secs)),
+            Err(e) => return (figures, Err(e)),
+        }
+    }
+    let full = wait_hosts(
+        sub,
+        survivors,
+        &dead,
+        since,
+        Duration::from_secs(p.limits.dead_node_s),
+        "limits.dead_node_s",
+        None,
+    )
+    .await;
+    if let Some(s) = full.gone_s {
+        let key = if leader {
+            "dead_leader_gone_s"
+        } else {
+            "dead_follower_gone_s"
+        };
+        figures.push((key, s));
+    }
+    if let Ok(h) = &full.result {
+        figures.push(("hosts_correct_s", h.secs));
+    }
+    (figures, full.result.map(|h| h.secs))
+}
+
+/// A hosts wait that succeeded.
+#[derive(Debug, Clone)]
+struct HostsOk {
+    leader: NodeRef,
+    /// Seconds since the wait's reference point.
+    secs: f64,
+}
+
+/// How a hosts wait ended, and (when nodes were killed) the seconds from the reference
+/// point until no table listed them any more — recorded even when the wait failed for
+/// another reason.
+struct HostsWait {
+    result: Result<HostsOk, String>,
+    gone_s: Option<f64>,
+}
+
+/// One look at the cluster: etcd's leader and every live node's host lines.
+struct HostsLook {
+    leader: Result<NodeRef, String>,
+    tables: Vec<(NodeRef, Result<Vec<HostLine>, String>)>,
+}
+
+async fn look_hosts(sub: &SubmissionCluster, live: &[NodeRef]) -> HostsLook {
+    let leader = etcd_leader(sub, live).await;
+    let reads = live.iter().map(|n| async move {
+        (
+            n.clone(),
+            sub.read_hosts(n).await.map(|t| parse_host_lines(&t)),
+        )
+    });
+    let tables = futures::future::join_all(reads).await;
+    HostsLook { leader, tables }
+}
+
+async fn etcd_leader(sub: &SubmissionCluster, live: &[NodeRef]) -> Result<NodeRef, String> {
+    let probes = live
+        .iter()
+        .map(|n| async move { (n.clone(), sub.member_status(n).await) });
+    let probes = futures::future::join_all(probes).await;
+    raft_leader(&probes)
+}
+
+/// Fails at once (instead of waiting out the limit) when a node that should live has
+/// stopped: nothing the submission does later can bring it back.
+async fn stopped_nodes(sub: &SubmissionCluster, live: &[NodeRef]) -> Option<String> {
+    let mut stopped = Vec::new();
+    for n in live {
+        match sub.not_running(n).await {
+            Ok(None) => {}
+            Ok(Some(why)) => stopped.push(format!("{n} stopped: {why}")),
+            Err(e) => stopped.push(format!("{n}: {e}")),
+        }
+    }
+    (!stopped.is_empty()).then(|| {
+        format!(
+            "{} (the node's command must keep running; see the log lines in the report)",
+            stopped.join("; ")
+        )
+    })
+}
+
+type Accept<'a> = &'a (dyn Fn(&[HostsProblem]) -> bool + Sync);
+
+/// Waits until every live node's hosts table is right (or, with `accept`, until the
+/// problems left are acceptable), at most `limit` after `since`.
+async fn wait_hosts(
+    sub: &SubmissionCluster,
+    live: &[NodeRef],
+    dead: &[(NodeRef, Instant)],
+    since: Since,
+    limit: Duration,
+    limit_key: &str,
+    accept: Option<Accept<'_>>,
+) -> HostsWait {
+    let all = sub.nodes();
+    let file = sub.profile.judge.hosts_file.clone();
+    let gone = Mutex::new(None::<f64>);
+    let last_problems = Mutex::new(Vec::<String>::new());
+    let remaining = limit.saturating_sub(since.at.elapsed());
+    let r = wait_for("hosts tables", remaining, sub.profile.poll(), || async {
+        if let Some(fatal) = stopped_nodes(sub, live).await {
+            return Ok(Err(fatal));
+        }
+        let look = look_hosts(sub, live).await;
+        let leader = match look.leader {
+            Ok(l) => l,
+            Err(e) => {
+                *last_problems.lock().unwrap_or_else(|e| e.into_inner()) = vec![e.clone()];
+                return Err(e);
+            }
+        };
+        let dead_now: Vec<DeadNode> = dead
+            .iter()
+            .map(|(n, at)| DeadNode {
+                node: n.clone(),
+                killed_s: at.elapsed().as_secs_f64(),
+            })
+            .collect();
+        let mut problems = Vec::new();
+        for (on, table) in &look.tables {
+            match table {
+                Ok(lines) => problems.extend(judge_hosts(
+                    on, &file, lines, &leader, live, &dead_now, &all,
+                )),
+                Err(error) => problems.push(HostsProblem::Unreadable {
+                    on: on.to_string(),
+                    file: file.clone(),
+                    error: error.clone(),
+                }),
+            }
+        }
+        let unreadable = problems
+            .iter()
+            .any(|p| matches!(p, HostsProblem::Unreadable { .. }));
+        if !dead.is_empty() && !unreadable && !problems.iter().any(HostsProblem::is_dead_listed) {
+            let mut g = gone.lock().unwrap_or_else(|e| e.into_inner());
+            g.get_or_insert(since.at.elapsed().as_secs_f64());
+        }
+        let ok = match accept {
+            Some(f) => f(&problems),
+            None => problems.is_empty(),
+        };
+        let texts: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        if ok {
+            Ok(Ok(leader))
+        } else {
+            let s = summarize(&texts, MAX_PROBLEMS);
+            *last_problems.lock().unwrap_or_else(|e| e.into_inner()) = texts;
+            Err(s)
+        }
+    })
+    .await;
+    let gone_s = *gone.lock().unwrap_or_else(|e| e.into_inner());
+    let result = match r {
+        Ok((Ok(leader), _)) => Ok(HostsOk {
+            leader,
+            secs: since.at.elapsed().as_secs_f64(),
+        }),
+        Ok((Err(fatal), _)) => Err(fatal),
+        Err(_) => {
+            let problems = last_problems
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            Err(format!(
+                "{}; still so {:.1} s after {}; allowed {} s ({limit_key})",
+                if problems.is_empty() {
+                    "no observation completed".to_string()
+                } else {
+                    summarize(&problems, MAX_PROBLEMS)
+                },
+                since.at.elapsed().as_secs_f64(),
+                since.what,
+                limit.as_secs()
+            ))
+        }
+    };
+    HostsWait { result, gone_s }
+}
+
+/// Waits until etcd's survivors agree on a leader other than the killed one.
+async fn wait_new_leader(
+    sub: &SubmissionCluster,
+    survivors: &[NodeRef],
+    old: &NodeRef,
+    killed: Instant,
+    limit: Duration,
+) -> Result<f64, String> {
+    let r = wait_for(
+        "a new etcd leader",
+        limit.saturating_sub(killed.elapsed()),
+        sub.profile.poll(),
+        || async {
+            match etcd_leader(sub, survivors).await {
+                Ok(l) if l != *old => Ok(killed.elapsed().as_secs_f64()),
+                Ok(l) => Err(format!("etcd still reports {l} as leader")),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await;
+    r.map(|(s, _)| s).map_err(|e| {
+        format!(
+            "etcd elected no new leader among the survivors {:.1} s after the leader was killed; allowed {} s (limits.leader_change_s); last seen: {}",
+            killed.elapsed().as_secs_f64(),
+            limit.as_secs(),
+            e.last
+        )
+    })
+}
+
+/// Waits until the leader service answers on etcd's leader and on no other live node.
+async fn wait_service(
+    sub: &SubmissionCluster,
+    live: &[NodeRef],
+    since: Since,
+    limit: Duration,
+    limit_key: &str,
+) -> Result<f64, String> {
+    let port = sub.profile.judge.service_port;
+    let r = wait_for(
+        "the leader service on the leader only",
+        limit.saturating_sub(since.at.elapsed()),
+        sub.profile.poll(),
+        || async {
+            if let Some(fatal) = stopped_nodes(sub, live).await {
+                return Ok(Err(fatal));
+            }
+            let leader = etcd_leader(sub, live).await?;
+            let probes = live
+                .iter()
+                .map(|n| async move { (n.clone(), sub.probe_service(n).await) });
+            let probes = futures::future::join_all(probes).await;
+            let problems = judge_service(port, &leader, &probes);
+            if problems.is_empty() {
+                Ok(Ok(since.at.elapsed().as_secs_f64()))
+            } else {
+                Err(summarize(&problems, MAX_PROBLEMS))
+            }
+        },
+    )
+    .await;
+    match r {
+        Ok((Ok(s), _)) => Ok(s),
+        Ok((Err(fatal), _)) => Err(fatal),
+        Err(e) => Err(format!(
+            "{}; still so {:.1} s after {}; allowed {} s ({limit_key})",
+            e.last,
+            since.at.elapsed().as_secs_f64(),
+            since.what,
+            limit.as_secs()
+        )),
+    }
+}
+
+/// Runs the profile's SSH command from every live node to every other, retrying the
+/// failed pairs until all succeed or `limits.ssh_s` is over.
+async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]) {
+    let p = &sub.profile;
+    let limit = Duration::from_secs(p.limits.ssh_s);
+    let pairs: Vec<(NodeRef, NodeRef)> = live
+        .iter()
+        .flat_map(|a| {
+            live.iter()
+                .filter(move |b| *b != a)
+                .map(move |b| (a.clone(), b.clone()))
+        })
+        .collect();
+    let total = pairs.len();
+    let pending = Mutex::new(pairs);
+    let start = Instant::now();
+    let r = wait_for(
+        "SSH between every pair",
+        limit,
+        Duration::from_secs(1),
+        || async {
+            let todo = pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut failed = Vec::new();
+            let mut reasons = Vec::new();
+            for (a, b) in todo {
+                if let Err(why) = ssh_once(sub, &a, &b).await {
+                    reasons.push(why);
+                    failed.push((a, b));
+                }
+            }
+            let left = failed.len();
+            *pending.lock().unwrap_or_else(|e| e.into_inner()) = failed;
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{left} of {total} pairs failed: {}",
+                    summarize(&reasons, 3)
+                ))
+            }
+        },
+    )
+    .await;
+    let left = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
+    rec.figure("ssh_pairs_ok", (total - left) as f64);
+    let outcome = match r {
+        Ok(_) => Ok(start.elapsed().as_secs_f64()),
+        Err(e) => Err(format!(
+            "{}; still so after {:.1} s of retrying; allowed {} s (limits.ssh_s)",
+            e.last,
+            start.elapsed().as_secs_f64(),
+            limit.as_secs()
+        )),
+    };
+    if let Ok(s) = &outcome {
+        rec.figure("ssh_all_pairs_s", *s);
+    }
+    rec.check("ssh", outcome);
+}
+
+/// One SSH attempt from `a` to `b` with the profile's command.
+async fn ssh_once(sub: &SubmissionCluster, a: &NodeRef, b: &NodeRef) -> Result<(), String> {
+    let p: &Profile = &sub.profile;
+    let idx = |n: &NodeRef| {
+        crate::names::ClusterNames::node_index(&n.name)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let vars = BTreeMap::from([
+        ("ip", a.ip.to_string()),
+        ("index", idx(a)),
+        ("name", a.name.clone()),
+        ("peer", b.ip.to_string()),
+        ("peer_name", b.name.clone()),
+        ("peer_index", idx(b)),
+        ("n", sub.plan.nodes.to_string()),
+    ]);
+    let cmd = render(&p.judge.ssh_command, &vars)?;
+    let expect = render(&p.judge.ssh_expect, &vars)?;
+    let limit = Duration::from_secs(p.limits.ssh_command_s);
+    let out = match tokio::time::timeout(limit, sub.exec(a, &["sh", "-c", &cmd])).await {
+        Err(_) => {
+            return Err(format!(
+            "ssh from {a} to {b} did not finish within {} s (limits.ssh_command_s); command: {cmd}",
+            limit.as_secs()
+        ))
+        }
+        Ok(Err(e)) => return Err(format!("ssh from {a} to {b}: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    let said = |s: &str| {
+        let s = s.trim().replace('\n', " ");
+        if s.chars().count() > 160 {
+            s.chars().take(160).collect::<String>() + "…"
+        } else {
+            s
+        }
+    };
+    if out.code != 0 {
+        return Err(format!(
+            "ssh from {a} to {b} failed (exit {}): {}; command: {cmd}",
+            out.code,
+            said(&out.stderr)
+        ));
+    }
+    if !expect.is_empty() && !out.stdout.contains(&expect) {
+        return Err(format!(
+            "ssh from {a} to {b} printed {:?}, expected it to contain {expect:?} (judge.ssh_expect); command: {cmd}",
+            said(&out.stdout)
+        ));
+    }
+    Ok(())
+}

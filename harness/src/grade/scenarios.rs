@@ -617,6 +617,9 @@ async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]
         limit,
         Duration::from_secs(1),
         || async {
+            if let Some(fatal) = stopped_nodes(sub, live).await {
+                return Ok(Err(fatal));
+            }
             let todo = pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let mut failed = Vec::new();
             let mut reasons = Vec::new();
@@ -629,7 +632,7 @@ async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]
             let left = failed.len();
             *pending.lock().unwrap_or_else(|e| e.into_inner()) = failed;
             if left == 0 {
-                Ok(())
+                Ok(Ok(()))
             } else {
                 Err(format!(
                     "{left} of {total} pairs failed: {}",
@@ -642,7 +645,8 @@ async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]
     let left = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
     rec.figure("ssh_pairs_ok", (total - left) as f64);
     let outcome = match r {
-        Ok(_) => Ok(start.elapsed().as_secs_f64()),
+        Ok((Ok(()), _)) => Ok(start.elapsed().as_secs_f64()),
+        Ok((Err(fatal), _)) => Err(fatal),
         Err(e) => Err(format!(
             "{}; still so after {:.1} s of retrying; allowed {} s (limits.ssh_s)",
             e.last,

@@ -374,14 +374,19 @@ impl FailoverReport {
             && self.runs.iter().all(|r| r.failed == 0)
     }
 
-    /// Per-run lines and the summary, as printed.
-    pub fn summary(&self) -> String {
+    /// Per-run lines, as printed while the benchmark runs.
+    pub fn run_lines(&self) -> String {
         let n = self.runs.len();
+        self.runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| run_line(i + 1, n, r) + "\n")
+            .collect()
+    }
+
+    /// The totals and verdicts.
+    pub fn summary(&self) -> String {
         let mut out = String::new();
-        for (i, r) in self.runs.iter().enumerate() {
-            out.push_str(&run_line(i + 1, n, r));
-            out.push('\n');
-        }
         let (med, max) = median_max(&self.firsts());
         let failed: usize = self.runs.iter().map(|r| r.failed).sum();
         let slow: Vec<f64> = self.runs.iter().map(|r| r.slow as f64).collect();
@@ -650,6 +655,8 @@ impl ProxyReport {
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     pub setup: BenchSetup,
+    /// What is requested on both paths, e.g. `/api/status` or `/`.
+    pub path: String,
     pub concurrency: usize,
     /// Length of each round; there are `rounds` rounds per path, alternating.
     pub round: Duration,
@@ -691,8 +698,8 @@ async fn proxy_rounds(
         Duration::from_secs(60),
     )
     .await?;
-    let direct_url = service_url(c.node_ip(&leader)?, "/api/status");
-    let proxied_url = format!("{gateway}/api/status");
+    let direct_url = service_url(c.node_ip(&leader)?, &opts.path);
+    let proxied_url = format!("{gateway}{}", opts.path);
     // Warm both paths (connections, caches) before measuring.
     load(
         &http,
@@ -795,6 +802,10 @@ pub struct BenchFailoverArgs {
 /// gateway reaches less than 0.9× the direct throughput.
 #[derive(clap::Args, Debug)]
 pub struct BenchProxyArgs {
+    /// Path requested on both paths: `/api/status` (tiny, so the proxy's own cost shows) or
+    /// `/` (the leader's page, which reads etcd).
+    #[arg(long, default_value = "/api/status")]
+    pub path: String,
     /// Concurrent closed-loop clients.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -807,6 +818,18 @@ pub struct BenchProxyArgs {
     pub cluster: BenchClusterArgs,
 }
 
+/// The machine's load average, printed with the figures: client, gateway and nodes share
+/// this machine's cores, so the figures depend on what else runs.
+fn load_average() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(s) => format!(
+            "load average {}",
+            s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        ),
+        Err(_) => "load average unknown".into(),
+    }
+}
+
 /// Runs `harness bench failover` and prints its report.
 pub async fn run_failover_cli(a: BenchFailoverArgs) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
@@ -816,8 +839,12 @@ pub async fn run_failover_cli(a: BenchFailoverArgs) -> anyhow::Result<()> {
         interval: Duration::from_millis(a.interval_ms.max(1)),
     };
     println!(
-        "bench failover: {} leader kills on {} nodes (cluster {}), one GET through the gateway every {} ms",
-        opts.runs, opts.setup.nodes, opts.setup.name, a.interval_ms
+        "bench failover: {} leader kills on {} nodes (cluster {}), one GET through the gateway every {} ms; {}",
+        opts.runs,
+        opts.setup.nodes,
+        opts.setup.name,
+        a.interval_ms,
+        load_average()
     );
     let report = bench_failover(&docker, &opts, |l| println!("{l}")).await?;
     print!("{}", report.summary());
@@ -834,13 +861,20 @@ pub async fn run_proxy_cli(a: BenchProxyArgs) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
     let opts = ProxyOptions {
         setup: a.cluster.setup(&docker).await?,
+        path: a.path.clone(),
         concurrency: a.concurrency,
         round: Duration::from_secs_f64(a.round_s),
         rounds: a.rounds,
     };
+    anyhow::ensure!(a.path.starts_with('/'), "--path must start with /");
     println!(
-        "bench proxy: {} clients, {} × {:.1} s per path (cluster {})",
-        opts.concurrency, opts.rounds, a.round_s, opts.setup.name
+        "bench proxy: GET {} with {} clients, {} × {:.1} s per path (cluster {}); {}",
+        opts.path,
+        opts.concurrency,
+        opts.rounds,
+        a.round_s,
+        opts.setup.name,
+        load_average()
     );
     let report = bench_proxy(&docker, &opts, |l| println!("{l}")).await?;
     print!("{}", report.summary());

@@ -376,7 +376,10 @@ impl Proxy {
             };
             match result {
                 Ok(resp) => {
-                    self.recycle(up.addr, sender);
+                    // An upgraded connection belongs to its tunnel from now on.
+                    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        self.pool.put(up.addr, sender);
+                    }
                     return self.respond(resp, up, client_upgrade);
                 }
                 Err(mut e) => {
@@ -410,16 +413,6 @@ impl Proxy {
                 }
             }
         }
-    }
-
-    /// Puts the connection back into the pool once the response has been read through.
-    fn recycle(&self, addr: SocketAddr, mut sender: hyper::client::conn::http1::SendRequest<Body>) {
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.put(addr, sender);
-            }
-        });
     }
 
     fn respond(

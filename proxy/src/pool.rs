@@ -60,15 +60,15 @@ impl Pool {
     fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
-        while let Some((s, since)) = list.pop() {
-            if !s.is_closed() && s.is_ready() && since.elapsed() < MAX_IDLE {
-                return Some(s);
-            }
-        }
-        None
+        list.retain(|(s, since)| !s.is_closed() && since.elapsed() < MAX_IDLE);
+        // Connections still streaming a response stay listed until they are ready again.
+        let i = list.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(list.swap_remove(i).0)
     }
 
-    /// Returns a connection for reuse once its current response has been read.
+    /// Lists a connection for reuse. It may still be streaming its last response: it is
+    /// handed out again only once that is read through (hyper then marks it ready), which
+    /// saves a task per request that would wait for that moment.
     pub fn put(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();

@@ -330,3 +330,23 @@ async fn a_get_stuck_on_a_dead_leader_is_resent_to_the_next_one() {
     assert_eq!(p.status, StatusCode::BAD_GATEWAY, "{}", p.body);
     assert!(p.body.contains("may or may not"), "{}", p.body);
 }
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let a = start_upstream("a").await;
+    let tracker = Arc::new(Tracker::new("test"));
+    tracker.set(Some(a));
+    let proxy = Proxy::new(tracker, Settings::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(proxy::serve(
+        listener,
+        proxy.clone(),
+        std::future::pending(),
+    ));
+    for _ in 0..5 {
+        assert_eq!(get_path(addr, "/api/status").await.status, StatusCode::OK);
+    }
+    assert_eq!(get_path(addr, "/slow").await.body.len(), 40);
+    assert_eq!(proxy.pool().idle_count(), 1, "connections were not reused");
+}

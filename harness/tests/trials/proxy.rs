@@ -185,9 +185,11 @@ async fn proxy_follows_leader(c: Cluster) -> anyhow::Result<()> {
     let samples = stream.finish().await;
     let run = analyse(&samples, kill, &old);
     println!(
-        "{old} killed; gateway serves {new} after {:.2} s; stream: first answer from the new leader after {:?} s, {} GETs, {} failed, {} slower than {} s",
+        "{old} killed; gateway serves {new} after {:.2} s; stream: first answer from the new leader after {} s, {} GETs, {} failed, {} slower than {} s",
         took.as_secs_f64(),
-        run.first_new_s,
+        run.first_new_s
+            .map(|s| format!("{s:.2}"))
+            .unwrap_or_else(|| "never".into()),
         run.gets,
         run.failed,
         run.slow,

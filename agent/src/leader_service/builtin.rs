@@ -198,16 +198,21 @@ async fn api_status(State(st): State<AppState>) -> Json<ApiStatus> {
 }
 
 async fn read_view(st: &AppState) -> Result<ClusterView, String> {
-    let mut guard = st.etcd.lock().await;
-    if guard.is_none() {
-        let c = tokio::time::timeout(ETCD_TIMEOUT, crate::etcd::connect(&st.endpoint))
-            .await
-            .map_err(|_| format!("connecting to {} timed out", st.endpoint))?
-            .map_err(|e| format!("connecting to {}: {e}", st.endpoint))?;
-        *guard = Some(c);
-    }
-    let Some(client) = guard.as_mut() else {
-        return Err("no etcd client".into());
+    // The lock only guards making the client; clones share its channel, so page views do
+    // not queue behind each other's reads.
+    let mut client = {
+        let mut guard = st.etcd.lock().await;
+        match guard.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = tokio::time::timeout(ETCD_TIMEOUT, crate::etcd::connect(&st.endpoint))
+                    .await
+                    .map_err(|_| format!("connecting to {} timed out", st.endpoint))?
+                    .map_err(|e| format!("connecting to {}: {e}", st.endpoint))?;
+                *guard = Some(c.clone());
+                c
+            }
+        }
     };
     let opts = etcd_client::GetOptions::new().with_prefix();
     let resp =

@@ -107,8 +107,12 @@ pub fn render_page(p: &Page) -> String {
         Ok((nodes, leader)) => {
             h.push_str("<table><tr><th>name</th><th>ip</th><th>role</th><th>member</th></tr>\n");
             for m in nodes {
+                // A dead leader's record outlives it until its lease expires; say so rather
+                // than show two leaders.
                 let mark = if leader.as_deref() == Some(m.name.as_str()) {
                     " (leader key)"
+                } else if m.role == crate::schema::Role::Leader {
+                    " (stale: record waits for its lease to expire)"
                 } else {
                     ""
                 };
@@ -395,6 +399,18 @@ mod tests {
         assert!(html.contains("a&amp;b"), "{html}");
         assert!(html.contains("leader (leader key)"), "{html}");
         assert!(html.contains("raft term 3"), "{html}");
+        let mut stale = p.clone();
+        if let Ok((nodes, leader)) = &mut stale.nodes {
+            nodes.push(Member {
+                name: "node1".into(),
+                ip: Ipv4Addr::new(10, 77, 0, 11),
+                role: Role::Leader,
+                member_id: "b".into(),
+            });
+            *leader = Some("node0".into());
+        }
+        let html = render_page(&stale);
+        assert!(html.contains("leader (stale: "), "{html}");
         let p = Page {
             hosts: Err("cannot read: gone".into()),
             nodes: Err("timed out".into()),

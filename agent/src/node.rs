@@ -8,7 +8,7 @@ use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use serde::Serialize;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Fatal errors of the agent.
@@ -140,11 +140,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
+/// The node's current lease; its keep-alive runs in a task of its own so that a slow or
+/// dead etcd never delays the leadership poll.
 struct Lease {
     id: i64,
-    keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
-    last_ok: Instant,
+    keeper: tokio::task::JoinHandle<()>,
 }
 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -163,15 +163,55 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-async fn grant(client: &mut Client, ttl: u64) -> Result<Lease, String> {
+async fn grant(client: &mut Client, ttl: u64, lost: mpsc::Sender<i64>) -> Result<Lease, String> {
     let resp = timed("granting lease", client.lease_grant(ttl as i64, None)).await?;
-    let (keeper, stream) = timed("opening keep-alive", client.lease_keep_alive(resp.id())).await?;
-    Ok(Lease {
-        id: resp.id(),
-        keeper,
-        stream,
-        last_ok: Instant::now(),
-    })
+    let id = resp.id();
+    let keeper = tokio::spawn(keep_lease(client.clone(), id, ttl, lost));
+    Ok(Lease { id, keeper })
+}
+
+/// Renews lease `id` every TTL/3 until it expires or cannot be renewed for a whole TTL;
+/// then reports it on `lost` and ends.
+async fn keep_lease(mut client: Client, id: i64, ttl: u64, lost: mpsc::Sender<i64>) {
+    let period = Duration::from_millis((ttl * 1000 / 3).max(500));
+    let mut last_ok = Instant::now();
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    loop {
+        if stream.is_none() {
+            match timed("opening keep-alive", client.lease_keep_alive(id)).await {
+                Ok(s) => stream = Some(s),
+                Err(e) => {
+                    tracing::warn!(lease = format!("{id:x}"), error = %e, "keep-alive failed")
+                }
+            }
+        }
+        if let Some((keeper, replies)) = stream.as_mut() {
+            match keep_alive(keeper, replies).await {
+                Ok(true) => last_ok = Instant::now(),
+                Ok(false) => {
+                    tracing::warn!(
+                        lease = format!("{id:x}"),
+                        "lease expired; granting a new one"
+                    );
+                    let _ = lost.send(id).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = format!("{id:x}"), error = %e, "keep-alive failed");
+                    stream = None;
+                }
+            }
+        }
+        if last_ok.elapsed() > Duration::from_secs(ttl) {
+            tracing::warn!(
+                lease = format!("{id:x}"),
+                "lease not renewed for a whole TTL; granting a new one"
+            );
+            let _ = lost.send(id).await;
+            return;
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// Keeps the node key and, while leading, the leader key; publishes [`NodeStatus`].
@@ -185,8 +225,7 @@ async fn maintain_keys(
     let ttl = config.lease_ttl_s;
     let mut tick = tokio::time::interval(Duration::from_millis(config.leader_poll_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ka = tokio::time::interval(Duration::from_millis((ttl * 1000 / 3).max(500)));
-    ka.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (lost_tx, mut lost_rx) = mpsc::channel::<i64>(4);
     let mut lease: Option<Lease> = None;
     let mut written_role: Option<Role> = None;
     let mut role_since = now_s();
@@ -197,28 +236,12 @@ async fn maintain_keys(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ka.tick() => {
-                if let Some(l) = lease.as_mut() {
-                    match keep_alive(l).await {
-                        Ok(true) => l.last_ok = Instant::now(),
-                        Ok(false) => {
-                            tracing::warn!(lease = l.id, "lease expired; granting a new one");
-                            lease = None;
-                        }
-                        Err(e) => {
-                            tracing::warn!(lease = l.id, error = %e, "keep-alive failed");
-                            if l.last_ok.elapsed() > Duration::from_secs(ttl) {
-                                lease = None;
-                            } else if let Ok((k, s)) = timed("reopening keep-alive", client.lease_keep_alive(l.id)).await {
-                                l.keeper = k;
-                                l.stream = s;
-                            }
-                        }
-                    }
-                    if lease.is_none() {
-                        written_role = None;
-                        leader_checked_at = None;
-                    }
+            Some(id) = lost_rx.recv() => {
+                if lease.as_ref().is_some_and(|l| l.id == id) {
+                    lease = None;
+                    written_role = None;
+                    leader_checked_at = None;
+                    status_tx.send_modify(|s| s.lease_id = None);
                 }
             }
             _ = tick.tick() => {
@@ -256,7 +279,7 @@ async fn maintain_keys(
                     role_since = now_s();
                 }
                 if lease.is_none() {
-                    match grant(&mut client, ttl).await {
+                    match grant(&mut client, ttl, lost_tx.clone()).await {
                         Ok(l) => {
                             tracing::info!(lease = format!("{:x}", l.id), ttl, "lease granted");
                             status_tx.send_modify(|s| s.lease_id = Some(format!("{:x}", l.id)));
@@ -297,6 +320,7 @@ async fn maintain_keys(
         }
     }
     if let Some(l) = lease {
+        l.keeper.abort();
         match timed("revoking lease", client.lease_revoke(l.id)).await {
             Ok(_) => tracing::info!(lease = format!("{:x}", l.id), "lease revoked"),
             Err(e) => tracing::warn!(error = %e, "could not revoke lease; keys expire with it"),
@@ -304,9 +328,12 @@ async fn maintain_keys(
     }
 }
 
-async fn keep_alive(l: &mut Lease) -> Result<bool, String> {
-    timed("sending keep-alive", l.keeper.keep_alive()).await?;
-    match timed("reading keep-alive", l.stream.message()).await? {
+async fn keep_alive(
+    keeper: &mut LeaseKeeper,
+    replies: &mut LeaseKeepAliveStream,
+) -> Result<bool, String> {
+    timed("sending keep-alive", keeper.keep_alive()).await?;
+    match timed("reading keep-alive", replies.message()).await? {
         Some(resp) => Ok(resp.ttl() > 0),
         None => Err("keep-alive stream closed".into()),
     }

@@ -16,6 +16,11 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/clusterlab/clusterlab.toml";
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "CLUSTERLAB_";
 
+/// `CLUSTERLAB_*` variables that belong to the host-side harness and test runner
+/// (`CLUSTERLAB_REQUIRE_DOCKER`, `CLUSTERLAB_KEEP`), not to a node: the node configuration
+/// ignores them instead of calling them unknown keys.
+pub const HARNESS_ENV_KEYS: &[&str] = &["require_docker", "keep"];
+
 /// Everything a node needs to know. See docs/CONTRACT.md for the meaning of each key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,7 +232,11 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
-        Ok(fig.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        Ok(fig.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .ignore(HARNESS_ENV_KEYS),
+        ))
     }
 
     /// Loads and validates the configuration from the standard sources.
@@ -376,6 +385,17 @@ mod tests {
                 .to_string();
             assert!(err.contains("lease_tll_s"), "{err}");
             assert!(err.contains("c.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn harness_variables_are_not_node_keys() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", GOOD)?;
+            jail.set_env("CLUSTERLAB_REQUIRE_DOCKER", "1");
+            jail.set_env("CLUSTERLAB_KEEP", "1");
+            Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

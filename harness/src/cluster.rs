@@ -218,11 +218,61 @@ pub struct Cluster {
     pub names: ClusterNames,
 }
 
-fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+/// A label map from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// Creates a user-defined bridge network on `subnet` (gateway at offset 1).
+pub async fn create_network(
+    docker: &Docker,
+    name: &str,
+    subnet: Subnet,
+    labels: HashMap<String, String>,
+) -> Result<()> {
+    ctx(
+        format!("creating network {name} ({subnet})"),
+        docker
+            .create_network(NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                ipam: Some(Ipam {
+                    driver: Some("default".into()),
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet.to_string()),
+                        gateway: Some(subnet.bridge_gateway().to_string()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await,
+    )?;
+    Ok(())
+}
+
+/// Creates a named local volume.
+pub async fn create_volume(
+    docker: &Docker,
+    name: &str,
+    labels: HashMap<String, String>,
+) -> Result<()> {
+    ctx(
+        format!("creating volume {name}"),
+        docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await,
+    )?;
+    Ok(())
 }
 
 fn label_filters(filter: &str) -> HashMap<String, Vec<String>> {
@@ -272,45 +322,12 @@ impl Cluster {
         let spec = &self.spec;
         let n = &self.names;
         let cl = spec.name.as_str();
-        ctx(
-            format!("creating network {} ({})", n.network(), spec.subnet),
-            d.create_network(NetworkCreateRequest {
-                name: n.network(),
-                driver: Some("bridge".into()),
-                ipam: Some(Ipam {
-                    driver: Some("default".into()),
-                    config: Some(vec![IpamConfig {
-                        subnet: Some(spec.subnet.to_string()),
-                        gateway: Some(spec.subnet.bridge_gateway().to_string()),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                labels: Some(self.network_labels()),
-                ..Default::default()
-            })
-            .await,
-        )?;
-        ctx(
-            format!("creating volume {}", n.shared_volume()),
-            d.create_volume(VolumeCreateRequest {
-                name: Some(n.shared_volume()),
-                labels: Some(labels(&[(LABEL_CLUSTER, cl)])),
-                ..Default::default()
-            })
-            .await,
-        )?;
+        create_network(d, &n.network(), spec.subnet, self.network_labels()).await?;
+        create_volume(d, &n.shared_volume(), labels(&[(LABEL_CLUSTER, cl)])).await?;
         for i in 0..spec.nodes {
             let node = ClusterNames::node_name(i);
-            ctx(
-                format!("creating volume {}", n.node_volume(i)),
-                d.create_volume(VolumeCreateRequest {
-                    name: Some(n.node_volume(i)),
-                    labels: Some(labels(&[(LABEL_CLUSTER, cl), (LABEL_NODE, &node)])),
-                    ..Default::default()
-                })
-                .await,
-            )?;
+            let node_labels = labels(&[(LABEL_CLUSTER, cl), (LABEL_NODE, &node)]);
+            create_volume(d, &n.node_volume(i), node_labels).await?;
             self.create_node(i).await?;
         }
         for i in 0..spec.nodes {

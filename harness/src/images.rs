@@ -560,31 +560,15 @@ pub async fn ensure_node(docker: &Docker, opts: &ImageOptions, base: &str) -> Re
         eprintln!("==> node image {tag} is up to date");
         return Ok(tag);
     }
-    let step = Step::start(format!("building node image {tag} from {base}"));
-    let body = bollard::body_full(context.tar()?.into());
-    let options = BuildImageOptions {
-        dockerfile: "Dockerfile".into(),
-        t: Some(tag.clone()),
-        rm: true,
-        forcerm: true,
-        buildargs: Some(HashMap::from([("BASE".to_string(), base.to_string())])),
-        labels: Some(HashMap::from([(
-            "clusterlab.image".to_string(),
-            "node".to_string(),
-        )])),
-        ..Default::default()
-    };
-    let mut stream = docker.build_image(options, None, Some(body));
-    while let Some(item) = stream.next().await {
-        let info = ctx(format!("building {tag}"), item)?;
-        if let Some(s) = info.stream {
-            let s = s.trim();
-            if !s.is_empty() {
-                step.detail(s);
-            }
-        }
-    }
-    step.done();
+    build_on_base(
+        docker,
+        &format!("node image {tag} from {base}"),
+        &tag,
+        base,
+        &context,
+        "node",
+    )
+    .await?;
     let step = Step::start(format!("checking that the binaries run in {tag}"));
     smoke_test(docker, &tag).await?;
     step.done();
@@ -599,6 +583,47 @@ pub async fn ensure_node(docker: &Docker, opts: &ImageOptions, base: &str) -> Re
         .await;
     prune_node_images(docker, &tag, 3).await;
     Ok(tag)
+}
+
+/// Builds `context` (which holds a Dockerfile taking `ARG BASE`) on `base` as `tag`, labelled
+/// `clusterlab.image=<kind>`, showing the build's output as step details.
+pub async fn build_on_base(
+    docker: &Docker,
+    what: &str,
+    tag: &str,
+    base: &str,
+    context: &NodeContext,
+    kind: &str,
+) -> Result<()> {
+    let step = Step::start(format!("building {what}"));
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(tag.to_string()),
+        rm: true,
+        forcerm: true,
+        buildargs: Some(HashMap::from([("BASE".to_string(), base.to_string())])),
+        labels: Some(HashMap::from([(
+            "clusterlab.image".to_string(),
+            kind.to_string(),
+        )])),
+        ..Default::default()
+    };
+    let body = bollard::body_full(context.tar()?.into());
+    let mut stream = docker.build_image(options, None, Some(body));
+    while let Some(item) = stream.next().await {
+        let info = ctx(format!("building {what}"), item)?;
+        if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+            return Err(HarnessError::Image(format!("building {what}: {detail}")));
+        }
+        if let Some(s) = info.stream {
+            let s = s.trim();
+            if !s.is_empty() {
+                step.detail(s);
+            }
+        }
+    }
+    step.done();
+    Ok(())
 }
 
 /// Removes node images of older trees, keeping `current` and the `keep` newest others.

@@ -7,17 +7,15 @@
 
 use super::judge::{MemberStatus, NodeRef, ServiceProbe};
 use super::profile::{render, ImageSource, IpPlan, Profile};
-use crate::cluster::{exec_in, ExecOutput};
+use crate::cluster::{create_network, create_volume, exec_in, labels, ExecOutput};
 use crate::docker::{ctx, HarnessError, Result};
 use crate::images::{ensure_base, ensure_images, image_exists, ImageOptions, NodeContext};
 use crate::names::{ClusterNames, LABEL_CLUSTER, LABEL_NODE, LABEL_ROLE};
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    NetworkCreateRequest, NetworkingConfig, VolumeCreateRequest,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
-    LogsOptions,
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, LogsOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -127,38 +125,15 @@ pub async fn build_dir_image(
     if image_exists(docker, &tag).await? {
         return Ok(tag);
     }
-    let step =
-        crate::progress::Step::start(format!("building {tag} from {} on {base}", dir.display()));
-    let options = BuildImageOptions {
-        dockerfile: "Dockerfile".into(),
-        t: Some(tag.clone()),
-        rm: true,
-        forcerm: true,
-        buildargs: Some(HashMap::from([("BASE".to_string(), base.to_string())])),
-        labels: Some(HashMap::from([(
-            "clusterlab.image".to_string(),
-            "submission".to_string(),
-        )])),
-        ..Default::default()
-    };
-    let body = bollard::body_full(context.tar()?.into());
-    let mut stream = docker.build_image(options, None, Some(body));
-    while let Some(item) = stream.next().await {
-        let info = ctx(format!("building {tag} from {}", dir.display()), item)?;
-        if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(HarnessError::Image(format!(
-                "building {tag} from {}: {detail}",
-                dir.display()
-            )));
-        }
-        if let Some(s) = info.stream {
-            let s = s.trim();
-            if !s.is_empty() {
-                step.detail(s);
-            }
-        }
-    }
-    step.done();
+    crate::images::build_on_base(
+        docker,
+        &format!("{tag} from {} on {base}", dir.display()),
+        &tag,
+        base,
+        &context,
+        "submission",
+    )
+    .await?;
     Ok(tag)
 }
 
@@ -170,13 +145,6 @@ pub struct SubmissionCluster {
     pub image: String,
     pub names: ClusterNames,
     pub plan: IpPlan,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 impl SubmissionCluster {
@@ -225,49 +193,19 @@ impl SubmissionCluster {
         let n = &self.names;
         let cl = n.cluster.as_str();
         let subnet = self.plan.subnet;
-        ctx(
-            format!("creating network {} ({subnet})", n.network()),
-            d.create_network(NetworkCreateRequest {
-                name: n.network(),
-                driver: Some("bridge".into()),
-                ipam: Some(Ipam {
-                    driver: Some("default".into()),
-                    config: Some(vec![IpamConfig {
-                        subnet: Some(subnet.to_string()),
-                        gateway: Some(subnet.bridge_gateway().to_string()),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                labels: Some(labels(&[
-                    (LABEL_CLUSTER, cl),
-                    (LABEL_GRADE, &self.profile.name),
-                ])),
-                ..Default::default()
-            })
-            .await,
-        )?;
-        ctx(
-            format!("creating volume {}", n.shared_volume()),
-            d.create_volume(VolumeCreateRequest {
-                name: Some(n.shared_volume()),
-                labels: Some(labels(&[(LABEL_CLUSTER, cl)])),
-                ..Default::default()
-            })
-            .await,
-        )?;
+        create_network(
+            d,
+            &n.network(),
+            subnet,
+            labels(&[(LABEL_CLUSTER, cl), (LABEL_GRADE, &self.profile.name)]),
+        )
+        .await?;
+        create_volume(d, &n.shared_volume(), labels(&[(LABEL_CLUSTER, cl)])).await?;
         for i in 0..self.plan.nodes {
             if !self.profile.node.data_mount.is_empty() {
                 let node = ClusterNames::node_name(i);
-                ctx(
-                    format!("creating volume {}", n.node_volume(i)),
-                    d.create_volume(VolumeCreateRequest {
-                        name: Some(n.node_volume(i)),
-                        labels: Some(labels(&[(LABEL_CLUSTER, cl), (LABEL_NODE, &node)])),
-                        ..Default::default()
-                    })
-                    .await,
-                )?;
+                let node_labels = labels(&[(LABEL_CLUSTER, cl), (LABEL_NODE, &node)]);
+                create_volume(d, &n.node_volume(i), node_labels).await?;
             }
             self.create_node(i).await?;
         }

@@ -218,6 +218,24 @@ pub struct Cluster {
     pub names: ClusterNames,
 }
 
+/// The last `lines` lines of a container's log (stdout and stderr); empty if none.
+pub async fn logs_tail(docker: &Docker, container: &str, lines: usize) -> String {
+    let mut logs = docker.logs(
+        container,
+        Some(bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        }),
+    );
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = logs.next().await {
+        text.push_str(&chunk.to_string());
+    }
+    text
+}
+
 /// A label map from pairs.
 pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -648,21 +666,9 @@ impl Cluster {
         let mut out = String::new();
         for i in 0..self.spec.nodes {
             let c = self.names.node_container(i);
-            let mut logs = self.docker.logs(
-                &c,
-                Some(bollard::query_parameters::LogsOptions {
-                    stdout: true,
-                    stderr: true,
-                    tail: lines.to_string(),
-                    ..Default::default()
-                }),
-            );
-            let mut text = String::new();
-            while let Some(Ok(chunk)) = logs.next().await {
-                text.push_str(&chunk.to_string());
-            }
+            let text = logs_tail(&self.docker, &c, lines).await;
             if !text.is_empty() {
-                out.push_str(&format!("[{c}]\n{text}\n"));
+                out.push_str(&format!("[{c}]\n{}\n", text.trim_end()));
             }
         }
         out

@@ -15,10 +15,9 @@ use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, LogsOptions,
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
 };
 use bollard::Docker;
-use futures::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -398,19 +397,7 @@ impl SubmissionCluster {
         let mut out = String::new();
         for i in 0..self.plan.nodes {
             let c = self.names.node_container(i);
-            let mut logs = self.docker.logs(
-                &c,
-                Some(LogsOptions {
-                    stdout: true,
-                    stderr: true,
-                    tail: lines.to_string(),
-                    ..Default::default()
-                }),
-            );
-            let mut text = String::new();
-            while let Some(Ok(chunk)) = logs.next().await {
-                text.push_str(&chunk.to_string());
-            }
+            let text = crate::cluster::logs_tail(&self.docker, &c, lines).await;
             if !text.is_empty() {
                 out.push_str(&format!("[{c}]\n{}\n", text.trim_end()));
             }

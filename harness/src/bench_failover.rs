@@ -35,15 +35,7 @@ pub const PROXY_STATUS: &str = "/__proxy/status";
 pub const SLOW: Duration = Duration::from_secs(1);
 
 /// Failures of the proxy checks and benchmarks.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyCheckError {
-    #[error(transparent)]
-    Harness(#[from] HarnessError),
-    #[error(transparent)]
-    Wait(#[from] WaitError),
-    #[error("{0}")]
-    Check(String),
-}
+pub type ProxyCheckError = crate::wait::CheckError;
 
 /// One HTTP answer, reduced to what the checks look at.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,43 +9,20 @@
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::docker::HarnessError;
 use crate::names::Subnet;
-use crate::wait::{wait_for, WaitError};
+use crate::wait::wait_for;
 use bollard::Docker;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-const BEGIN: &str = "# BEGIN clusterlab";
-const END: &str = "# END clusterlab";
+// The block's markers and its extraction are hostsgen's: the harness reads what hostsgen writes.
+pub use hostsgen::render::{extract_block as block_of, BEGIN, END};
 
 /// How often the probes look while waiting. A round reads every node in parallel and takes
 /// roughly one `docker exec`, so measured times are late by at most about one round.
 pub const PROBE_POLL: Duration = Duration::from_millis(50);
 
 /// Failures of the hosts checks and the benchmark.
-#[derive(Debug, thiserror::Error)]
-pub enum HostsCheckError {
-    #[error(transparent)]
-    Harness(#[from] HarnessError),
-    #[error(transparent)]
-    Wait(#[from] WaitError),
-    #[error("{0}")]
-    Check(String),
-}
-
-/// The clusterlab block of a hosts file (marker lines included, `\n`-terminated lines), if
-/// it has a complete one.
-pub fn block_of(hosts: &str) -> Option<String> {
-    let start = hosts.lines().position(|l| l.trim() == BEGIN)?;
-    let mut out = String::new();
-    for line in hosts.lines().skip(start) {
-        out.push_str(line);
-        out.push('\n');
-        if line.trim() == END {
-            return Some(out);
-        }
-    }
-    None
-}
+pub type HostsCheckError = crate::wait::CheckError;
 
 /// The lines of a hosts file outside the clusterlab block.
 pub fn lines_outside_block(hosts: &str) -> Vec<String> {

@@ -13,6 +13,18 @@ pub struct WaitError {
     pub last: String,
 }
 
+/// A check (in a trial or a benchmark) that did not hold: a harness failure, a wait that
+/// timed out, or a property that was observed to be false.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Harness(#[from] crate::docker::HarnessError),
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    #[error("{0}")]
+    Check(String),
+}
+
 /// Polls `probe` every `poll` until it returns `Ok`, or fails after `timeout` with the last
 /// `Err` text the probe gave. Returns the value and how long it took.
 pub async fn wait_for<T, F, Fut>(

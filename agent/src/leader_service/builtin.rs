@@ -475,10 +475,26 @@ mod tests {
             "127.0.0.1 localhost\n# BEGIN clusterlab\n10.77.0.13 host0 node3\n# END clusterlab\n",
         )
         .unwrap();
-        let port = free_port().await;
         let (_tx, rx) = watch::channel(status());
-        let mut b = Builtin::new(&test_config(port, hosts), rx, Duration::from_secs(2));
-        let running = b.start().await.unwrap();
+        // A port found free can be taken by another test before the service binds it:
+        // try a few.
+        let mut attempt = 0;
+        let (port, mut b, running) = loop {
+            let port = free_port().await;
+            let mut b = Builtin::new(
+                &test_config(port, hosts.clone()),
+                rx.clone(),
+                Duration::from_secs(2),
+            );
+            match b.start().await {
+                Ok(running) => break (port, b, running),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("port {port} taken ({e}); trying another");
+                }
+                Err(e) => panic!("cannot start the built-in service: {e}"),
+            }
+        };
 
         let api = get(port, "/api/status").await.unwrap();
         assert!(api.starts_with("HTTP/1.1 200"), "{api}");

@@ -1,13 +1,10 @@
-//! `harness bench failover` and `harness bench proxy`, and the HTTP probes that the proxy
-//! trials share with them.
+//! `harness bench failover`, and the HTTP probes that the proxy trials and `harness bench
+//! proxy` share with it.
 //!
 //! - **failover**: a steady, open-loop stream of GETs through the gateway (one every
 //!   `interval`, each on its own, so a held request does not slow the stream down), a leader
 //!   kill per run, and per run: seconds from the kill to the first response served by the new
 //!   leader, GETs that failed, GETs slower than 1 s.
-//! - **proxy**: requests/s and p50/p99 latency of `GET /api/status` through the gateway
-//!   against straight to the leader's service, with the same client in the same run
-//!   (alternating rounds, so drift in the machine's load hits both alike).
 //!
 //! Which node served a response is read from the proxy's `x-clusterlab-upstream` header and,
 //! failing that, from the `name` in the leader service's JSON.
@@ -410,7 +407,7 @@ pub struct BenchSetup {
     pub image: String,
 }
 
-async fn up_with_gateway(
+pub(crate) async fn up_with_gateway(
     docker: &Docker,
     s: &BenchSetup,
 ) -> Result<(Cluster, String), ProxyCheckError> {
@@ -527,245 +524,6 @@ async fn failover_runs(
     Ok(FailoverReport { runs })
 }
 
-/// Throughput and latency of one load round.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadResult {
-    pub ok: usize,
-    pub errors: usize,
-    pub secs: f64,
-    /// Latencies of successful requests, sorted, in milliseconds.
-    pub latencies_ms: Vec<f64>,
-}
-
-/// The `p`-th percentile (0–100) of sorted values, nearest rank.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-impl LoadResult {
-    pub fn rps(&self) -> f64 {
-        self.ok as f64 / self.secs
-    }
-
-    /// Adds another round's numbers.
-    pub fn merge(&mut self, other: LoadResult) {
-        self.ok += other.ok;
-        self.errors += other.errors;
-        self.secs += other.secs;
-        self.latencies_ms.extend(other.latencies_ms);
-        self.latencies_ms.sort_by(f64::total_cmp);
-    }
-
-    pub fn line(&self, what: &str) -> String {
-        format!(
-            "{what:<28} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests, {} errors, {:.1} s)",
-            self.rps(),
-            percentile(&self.latencies_ms, 50.0),
-            percentile(&self.latencies_ms, 99.0),
-            self.ok,
-            self.errors,
-            self.secs
-        )
-    }
-}
-
-/// `concurrency` closed-loop clients GET `url` for `duration`.
-pub async fn load(http: &Http, url: &str, concurrency: usize, duration: Duration) -> LoadResult {
-    let start = Instant::now();
-    let workers = (0..concurrency.max(1)).map(|_| {
-        let (http, url) = (http.clone(), url.to_string());
-        tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0;
-            while start.elapsed() < duration {
-                let t = Instant::now();
-                match http.get(&url, Duration::from_secs(5)).await {
-                    Ok(r) if r.status == 200 => lat.push(t.elapsed().as_secs_f64() * 1000.0),
-                    _ => errors += 1,
-                }
-            }
-            (lat, errors)
-        })
-    });
-    let mut result = LoadResult {
-        ok: 0,
-        errors: 0,
-        secs: 0.0,
-        latencies_ms: Vec::new(),
-    };
-    for (lat, errors) in futures::future::join_all(workers)
-        .await
-        .into_iter()
-        .flatten()
-    {
-        result.ok += lat.len();
-        result.errors += errors;
-        result.latencies_ms.extend(lat);
-    }
-    result.secs = start.elapsed().as_secs_f64();
-    result.latencies_ms.sort_by(f64::total_cmp);
-    result
-}
-
-/// Target: throughput through the proxy at least this share of direct.
-pub const PROXY_RATIO_TARGET: f64 = 0.9;
-
-/// The proxy benchmark's two measurements.
-#[derive(Debug, Clone)]
-pub struct ProxyReport {
-    pub leader: String,
-    pub concurrency: usize,
-    pub direct: LoadResult,
-    /// Through the gateway's published port on 127.0.0.1 (what users get; the target).
-    pub proxied: LoadResult,
-    /// Through the gateway at its container address: the same proxy without Docker's port
-    /// forwarder in front, to tell the two costs apart.
-    pub unforwarded: Option<LoadResult>,
-}
-
-impl ProxyReport {
-    pub fn ratio(&self) -> f64 {
-        self.proxied.rps() / self.direct.rps()
-    }
-
-    pub fn meets_target(&self) -> bool {
-        self.ratio() >= PROXY_RATIO_TARGET && self.proxied.errors == 0
-    }
-
-    pub fn summary(&self) -> String {
-        let mut out = format!(
-            "{}\n{}\n",
-            self.direct.line(&format!("direct to {}:", self.leader)),
-            self.proxied.line("through the gateway:"),
-        );
-        if let Some(u) = &self.unforwarded {
-            out.push_str(&u.line("gateway at its container IP:"));
-            out.push('\n');
-        }
-        out.push_str(&format!(
-            "through the gateway / direct: {:.2}× (target ≥ {PROXY_RATIO_TARGET}×: {})",
-            self.ratio(),
-            if self.meets_target() { "met" } else { "MISSED" }
-        ));
-        if let Some(u) = &self.unforwarded {
-            out.push_str(&format!(
-                "; without Docker's port forwarder: {:.2}×",
-                u.rps() / self.direct.rps()
-            ));
-        }
-        out.push('\n');
-        out
-    }
-}
-
-/// Options of the proxy benchmark.
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    pub setup: BenchSetup,
-    /// What is requested on both paths, e.g. `/api/status` or `/`.
-    pub path: String,
-    pub concurrency: usize,
-    /// Length of each round; there are `rounds` rounds per path, alternating.
-    pub round: Duration,
-    pub rounds: usize,
-}
-
-/// Brings up a cluster with a gateway and measures GET /api/status straight to the leader and
-/// through the gateway, alternating rounds. The cluster is removed at the end.
-pub async fn bench_proxy(
-    docker: &Docker,
-    opts: &ProxyOptions,
-    mut progress: impl FnMut(&str),
-) -> Result<ProxyReport, ProxyCheckError> {
-    let (c, gateway) = up_with_gateway(docker, &opts.setup).await?;
-    progress(&format!("gateway at {gateway}"));
-    let result = proxy_rounds(&c, &gateway, opts, &mut progress).await;
-    if let Err(e) = c.down().await {
-        progress(&format!(
-            "warning: removing cluster {}: {e}",
-            opts.setup.name
-        ));
-    }
-    result
-}
-
-async fn proxy_rounds(
-    c: &Cluster,
-    gateway: &str,
-    opts: &ProxyOptions,
-    progress: &mut impl FnMut(&str),
-) -> Result<ProxyReport, ProxyCheckError> {
-    let http = Http::new();
-    let (leader, _) = wait_proxy_serves_leader(
-        &http,
-        c,
-        gateway,
-        |_| true,
-        "the gateway to serve etcd's leader",
-        Duration::from_secs(60),
-    )
-    .await?;
-    let direct_url = service_url(c.node_ip(&leader)?, &opts.path);
-    let proxied_url = format!("{gateway}{}", opts.path);
-    let gateway_ip = c.spec.subnet.host(crate::names::GATEWAY_OFFSET);
-    let unforwarded_url = service_url(gateway_ip, &opts.path);
-    // Warm both paths (connections, caches) before measuring.
-    load(
-        &http,
-        &direct_url,
-        opts.concurrency,
-        Duration::from_millis(500),
-    )
-    .await;
-    load(
-        &http,
-        &proxied_url,
-        opts.concurrency,
-        Duration::from_millis(500),
-    )
-    .await;
-    let empty = || LoadResult {
-        ok: 0,
-        errors: 0,
-        secs: 0.0,
-        latencies_ms: Vec::new(),
-    };
-    let (mut direct, mut proxied, mut unforwarded) = (empty(), empty(), empty());
-    for i in 0..opts.rounds.max(1) {
-        let d = load(&http, &direct_url, opts.concurrency, opts.round).await;
-        let p = load(&http, &proxied_url, opts.concurrency, opts.round).await;
-        let u = load(&http, &unforwarded_url, opts.concurrency, opts.round).await;
-        progress(&format!(
-            "round {}/{}: direct {:.0} req/s, gateway {:.0} req/s, gateway at its IP {:.0} req/s",
-            i + 1,
-            opts.rounds,
-            d.rps(),
-            p.rps(),
-            u.rps()
-        ));
-        direct.merge(d);
-        proxied.merge(p);
-        unforwarded.merge(u);
-    }
-    let still = c.etcd_leader().await?;
-    if still.as_deref() != Some(leader.as_str()) {
-        return Err(ProxyCheckError::Check(format!(
-            "the leader changed during the benchmark ({leader} → {still:?}); run it again"
-        )));
-    }
-    Ok(ProxyReport {
-        leader,
-        concurrency: opts.concurrency,
-        direct,
-        proxied,
-        unforwarded: Some(unforwarded),
-    })
-}
-
 /// Arguments shared by both benchmarks.
 #[derive(clap::Args, Debug)]
 pub struct BenchClusterArgs {
@@ -786,7 +544,7 @@ pub struct BenchClusterArgs {
 }
 
 impl BenchClusterArgs {
-    async fn setup(&self, docker: &Docker) -> anyhow::Result<BenchSetup> {
+    pub(crate) async fn setup(&self, docker: &Docker) -> anyhow::Result<BenchSetup> {
         let images = crate::images::ensure_images(docker, &self.images.options()).await?;
         Ok(BenchSetup {
             nodes: self.nodes,
@@ -814,30 +572,9 @@ pub struct BenchFailoverArgs {
     pub cluster: BenchClusterArgs,
 }
 
-/// `harness bench proxy`: requests/s and p50/p99 latency of GET /api/status through the
-/// gateway against straight to the leader, same client, same run. Exits non-zero if the
-/// gateway reaches less than 0.9× the direct throughput.
-#[derive(clap::Args, Debug)]
-pub struct BenchProxyArgs {
-    /// Path requested on both paths: `/api/status` (tiny, so the proxy's own cost shows) or
-    /// `/` (the leader's page, which reads etcd).
-    #[arg(long, default_value = "/api/status")]
-    pub path: String,
-    /// Concurrent closed-loop clients.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-    /// Seconds per round; each path gets ROUNDS rounds, alternating.
-    #[arg(long, default_value_t = 3.0)]
-    pub round_s: f64,
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    #[command(flatten)]
-    pub cluster: BenchClusterArgs,
-}
-
 /// The machine's load average, printed with the figures: client, gateway and nodes share
 /// this machine's cores, so the figures depend on what else runs.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     match std::fs::read_to_string("/proc/loadavg") {
         Ok(s) => format!(
             "load average {}",
@@ -866,36 +603,6 @@ pub async fn run_failover_cli(a: BenchFailoverArgs) -> anyhow::Result<()> {
     let report = bench_failover(&docker, &opts, |l| println!("{l}")).await?;
     print!("{}", report.summary());
     anyhow::ensure!(report.meets_targets(), "failover benchmark missed a target");
-    Ok(())
-}
-
-/// Runs `harness bench proxy` and prints its report.
-pub async fn run_proxy_cli(a: BenchProxyArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        a.round_s.is_finite() && a.round_s > 0.0,
-        "--round-s must be a positive number of seconds"
-    );
-    let docker = crate::docker::connect().await?;
-    let opts = ProxyOptions {
-        setup: a.cluster.setup(&docker).await?,
-        path: a.path.clone(),
-        concurrency: a.concurrency,
-        round: Duration::from_secs_f64(a.round_s),
-        rounds: a.rounds,
-    };
-    anyhow::ensure!(a.path.starts_with('/'), "--path must start with /");
-    println!(
-        "bench proxy: GET {} with {} clients, {} × {:.1} s per path (cluster {}); {}",
-        opts.path,
-        opts.concurrency,
-        opts.rounds,
-        a.round_s,
-        opts.setup.name,
-        load_average()
-    );
-    let report = bench_proxy(&docker, &opts, |l| println!("{l}")).await?;
-    print!("{}", report.summary());
-    anyhow::ensure!(report.meets_target(), "proxy benchmark missed its target");
     Ok(())
 }
 
@@ -969,45 +676,6 @@ mod tests {
             }],
         };
         assert!(!never.meets_targets());
-    }
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-        assert!(percentile(&[], 50.0).is_nan());
-    }
-
-    #[test]
-    fn proxy_ratio_target() {
-        let r = |ok: usize| LoadResult {
-            ok,
-            errors: 0,
-            secs: 1.0,
-            latencies_ms: vec![1.0],
-        };
-        let rep = ProxyReport {
-            leader: "node0".into(),
-            concurrency: 4,
-            direct: r(1000),
-            proxied: r(950),
-            unforwarded: Some(r(990)),
-        };
-        assert!(rep.meets_target(), "{}", rep.summary());
-        let rep = ProxyReport {
-            proxied: r(850),
-            ..rep
-        };
-        assert!(!rep.meets_target());
-        assert!(rep.summary().contains("0.85×"), "{}", rep.summary());
-        assert!(
-            rep.summary().contains("forwarder: 0.99×"),
-            "{}",
-            rep.summary()
-        );
     }
 
     #[test]

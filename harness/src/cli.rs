@@ -59,7 +59,7 @@ pub enum BenchCommand {
     /// new leader answers, failed and slow GETs (per run, median, max).
     Failover(crate::bench_failover::BenchFailoverArgs),
     /// Requests/s and p50/p99 latency through the gateway against direct to the leader.
-    Proxy(crate::bench_failover::BenchProxyArgs),
+    Proxy(crate::bench_proxy::BenchProxyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -185,7 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Failover(a)) => {
             crate::bench_failover::run_failover_cli(a).await?
         }
-        Command::Bench(BenchCommand::Proxy(a)) => crate::bench_failover::run_proxy_cli(a).await?,
+        Command::Bench(BenchCommand::Proxy(a)) => crate::bench_proxy::run_cli(a).await?,
         Command::Grade(a) => crate::grade::run_cli(a).await?,
         Command::Partition(a) => crate::faults::run_partition_cli(a).await?,
         Command::Heal(a) => crate::faults::run_heal_cli(a).await?,

@@ -11,14 +11,15 @@
 //! - [`wait`]: waiting for a condition with a deadline, reporting the last observation.
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test` and by grading).
 //! - [`bench_hosts`]: hosts-file probes shared with the hosts trials; `harness bench hosts`.
-//! - [`bench_failover`]: HTTP probes shared with the proxy trials; `harness bench failover`
-//!   and `harness bench proxy`.
+//! - [`bench_failover`]: HTTP probes shared with the proxy trials; `harness bench failover`.
+//! - [`bench_proxy`]: `harness bench proxy`.
 //! - [`grade`]: `harness grade`: profiles, a submission's cluster, scenarios judged from
 //!   outside, report.json and junit.xml.
 //! - [`progress`]: timed step lines and spinners for long steps.
 
 pub mod bench_failover;
 pub mod bench_hosts;
+pub mod bench_proxy;
 pub mod cli;
 pub mod cluster;
 pub mod docker;

@@ -13,11 +13,13 @@
 //!   endpoint, resynced when lost) or from the hosts block of a file.
 //! - [`forward`]: forwarding one request: hold, retry, stream, WebSocket tunnels.
 //! - [`pool`]: keep-alive connections to upstreams.
+//! - [`relay`]: a plain byte relay, the benchmark's floor for the cost of the extra hop.
 //! - [`serve`] / [`run`]: the accept loop and the whole proxy.
 
 pub mod follow;
 pub mod forward;
 pub mod pool;
+pub mod relay;
 pub mod upstream;
 
 pub use forward::{Proxy, Settings, STATUS_PATH, UPSTREAM_HEADER};

@@ -13,7 +13,7 @@ use std::time::Duration;
 #[command(version)]
 struct Args {
     /// etcd client URLs, comma separated; the leader key is watched through all of them.
-    #[arg(long, value_delimiter = ',', required_unless_present = "follow_file")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["follow_file", "relay_to"])]
     endpoints: Vec<String>,
     /// Follow host0 of the clusterlab block in this hosts file instead of etcd.
     #[arg(long, conflicts_with = "endpoints")]
@@ -33,6 +33,11 @@ struct Args {
     /// Limit of one connection attempt to the leader, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     connect_timeout_ms: u64,
+    /// Benchmark aid, not a gateway: copy the bytes of every connection to this fixed
+    /// address with no HTTP handling and no leader following (`harness bench proxy` uses it
+    /// to measure what the extra network hop alone costs).
+    #[arg(long, conflicts_with_all = ["endpoints", "follow_file"])]
+    relay_to: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -43,6 +48,14 @@ async fn main() -> anyhow::Result<()> {
         args.hold_s.is_finite() && args.hold_s >= 0.0,
         "--hold-s must be a non-negative number of seconds"
     );
+    if let Some(to) = args.relay_to {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        tracing::info!(listen = %args.listen, %to, "byte relay started");
+        proxy::relay::run(listener, to, agent::shutdown_signal()).await;
+        return Ok(());
+    }
     let follow = match args.follow_file {
         Some(path) => proxy::Follow::File {
             path,

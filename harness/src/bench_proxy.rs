@@ -453,6 +453,7 @@ pub struct BenchProxyArgs {
     /// Seconds per round; each way gets ROUNDS rounds per path, alternating.
     #[arg(long, default_value_t = 3.0)]
     pub round_s: f64,
+    /// Rounds per way and path.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     #[command(flatten)]

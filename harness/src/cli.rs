@@ -58,7 +58,8 @@ pub enum BenchCommand {
     /// Kill the leader under a steady stream of GETs through the gateway: seconds until the
     /// new leader answers, failed and slow GETs (per run, median, max).
     Failover(crate::bench_failover::BenchFailoverArgs),
-    /// Requests/s and p50/p99 latency through the gateway against direct to the leader.
+    /// Requests/s, p50/p99 latency and CPU per request through the gateway against direct to
+    /// the leader, with a byte relay at the gateway as the floor of the extra hop.
     Proxy(crate::bench_proxy::BenchProxyArgs),
 }
 

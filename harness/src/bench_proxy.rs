@@ -19,7 +19,7 @@ use crate::bench_failover::{
     load_average, service_url, up_with_gateway, wait_proxy_serves_leader, BenchClusterArgs,
     BenchSetup, Http, ProxyCheckError, SERVICE_PORT,
 };
-use crate::cluster::{exec_in, Cluster};
+use crate::cluster::Cluster;
 use crate::wait::wait_for;
 use bollard::Docker;
 use futures::StreamExt;
@@ -342,7 +342,7 @@ async fn start_relay(
         "/usr/local/bin/proxy --relay-to {leader_ip}:{SERVICE_PORT} --listen 0.0.0.0:{RELAY_PORT} \
          >/tmp/relay.log 2>&1 &"
     );
-    let out = exec_in(&c.docker, &c.names.gateway(), &["sh", "-c", &cmd]).await?;
+    let out = c.exec_gateway(&["sh", "-c", &cmd]).await?;
     if out.code != 0 {
         return Err(ProxyCheckError::Check(format!(
             "starting the byte relay in {}: exit {}: {}",

@@ -661,6 +661,11 @@ impl Cluster {
         exec_in(&self.docker, &c, cmd).await
     }
 
+    /// Runs a command in the gateway container and collects its output.
+    pub async fn exec_gateway(&self, cmd: &[&str]) -> Result<ExecOutput> {
+        exec_in(&self.docker, &self.names.gateway(), cmd).await
+    }
+
     /// The last `lines` lines of every node's log, for failure reports.
     pub async fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();

@@ -40,6 +40,13 @@ pub fn trials(env: &Environment) -> Vec<Trial> {
         ),
         cluster_trial(
             env,
+            "proxy_follows_file",
+            3,
+            with_gateway,
+            Arc::new(|c| Box::pin(proxy_follows_file(c))),
+        ),
+        cluster_trial(
+            env,
             "proxy_websocket",
             3,
             with_gateway,
@@ -152,12 +159,47 @@ async fn leader_service_exclusive(c: Cluster) -> anyhow::Result<()> {
 /// A leader kill under a stream of GETs through the gateway: afterwards /api/status through
 /// the gateway names the new leader, and every GET of the stream succeeded.
 async fn proxy_follows_leader(c: Cluster) -> anyhow::Result<()> {
-    let http = Http::new();
     let gw = c.gateway_url().await?;
+    follows_a_leader_kill(&c, &gw).await
+}
+
+/// The homework's way, done right: a second proxy in the gateway container follows host0 of
+/// `/shared/hosts` (written by hostsgen) instead of etcd, and passes the same leader kill.
+async fn proxy_follows_file(c: Cluster) -> anyhow::Result<()> {
+    const PORT: u16 = 8890;
+    let cmd = format!(
+        "/usr/local/bin/proxy --follow-file /shared/hosts --listen 0.0.0.0:{PORT} \
+         >/tmp/proxy-file.log 2>&1 &"
+    );
+    let out = c.exec_gateway(&["sh", "-c", &cmd]).await?;
+    ensure!(out.code == 0, "starting the file-following proxy: {out:?}");
+    let gw_ip = c.spec.subnet.host(harness::names::GATEWAY_OFFSET);
+    let url = format!("http://{gw_ip}:{PORT}");
+    follows_a_leader_kill(&c, &url).await?;
+    let status = c
+        .exec_gateway(&[
+            "curl",
+            "-s",
+            &format!("http://127.0.0.1:{PORT}/__proxy/status"),
+        ])
+        .await?;
+    ensure!(
+        status.stdout.contains("file:/shared/hosts"),
+        "the second proxy does not say it follows /shared/hosts: {}",
+        status.stdout
+    );
+    Ok(())
+}
+
+/// Kills the leader under a stream of GETs through the proxy at `gw` (a base URL): the proxy
+/// must then serve the new leader, every GET of the stream must succeed, and its status page
+/// must show the switch.
+async fn follows_a_leader_kill(c: &Cluster, gw: &str) -> anyhow::Result<()> {
+    let http = Http::new();
     let (old, _) = wait_proxy_serves_leader(
         &http,
-        &c,
-        &gw,
+        c,
+        gw,
         |_| true,
         "the gateway to serve etcd's leader",
         Duration::from_secs(60),
@@ -174,8 +216,8 @@ async fn proxy_follows_leader(c: Cluster) -> anyhow::Result<()> {
     let kill = stream.start.elapsed();
     let (new, took) = wait_proxy_serves_leader(
         &http,
-        &c,
-        &gw,
+        c,
+        gw,
         |by| by != old,
         &format!("/api/status through the gateway to name etcd's new leader (not {old})"),
         Duration::from_secs(30),

@@ -60,7 +60,7 @@ impl Pool {
     fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
-        list.retain(|(s, since)| !s.is_closed() && since.elapsed() < MAX_IDLE);
+        prune(list);
         // Connections still streaming a response stay listed until they are ready again.
         let i = list.iter().rposition(|(s, _)| s.is_ready())?;
         Some(list.swap_remove(i).0)
@@ -72,7 +72,7 @@ impl Pool {
     pub fn put(&self, addr: SocketAddr, sender: http1::SendRequest<Body>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
-        list.retain(|(s, since)| !s.is_closed() && since.elapsed() < MAX_IDLE);
+        prune(list);
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             list.push((sender, Instant::now()));
         }
@@ -89,6 +89,12 @@ impl Pool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.values().map(Vec::len).sum()
     }
+}
+
+/// Drops closed connections and those idle for too long (one clock reading for all).
+fn prune(list: &mut Vec<Idle>) {
+    let now = Instant::now();
+    list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < MAX_IDLE);
 }
 
 async fn connect(

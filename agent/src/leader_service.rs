@@ -19,7 +19,7 @@
 mod builtin;
 mod command;
 
-pub use builtin::{hosts_block, router, Builtin};
+pub use builtin::{router, Builtin};
 pub use command::CommandLauncher;
 
 use crate::config::Config;

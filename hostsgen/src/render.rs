@@ -13,10 +13,7 @@
 use agent::schema::{is_valid_label, ClusterView};
 use std::net::Ipv4Addr;
 
-/// First line of the generated block.
-pub const BEGIN: &str = "# BEGIN clusterlab";
-/// Last line of the generated block.
-pub const END: &str = "# END clusterlab";
+pub use agent::schema::{HOSTS_BEGIN as BEGIN, HOSTS_END as END};
 
 /// One line of the block: `<ip> host<index> <name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,9 +118,7 @@ pub fn render(view: &ClusterView) -> String {
     render_table(&table(view))
 }
 
-fn is_marker(line: &str, marker: &str) -> bool {
-    line.trim() == marker
-}
+use agent::schema::is_hosts_marker as is_marker;
 
 /// Returns `existing_hosts` with its clusterlab block replaced by `block`, or with `block`
 /// appended if it has none. Every line outside BEGIN … END (Docker's own lines) is kept
@@ -168,24 +163,18 @@ pub fn replace_block(existing_hosts: &str, block: &str) -> String {
     out
 }
 
-/// The first clusterlab block of a hosts file, BEGIN and END lines included, if it has a
-/// complete one.
+/// The clusterlab block of a hosts file, BEGIN and END lines included and every line trimmed,
+/// if it has a complete one.
 pub fn extract_block(hosts: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut in_block = false;
-    for line in hosts.split_inclusive('\n') {
-        if !in_block && is_marker(line, BEGIN) {
-            in_block = true;
-        }
-        if in_block {
-            out.push_str(line.trim_end_matches(['\r', '\n']));
-            out.push('\n');
-            if is_marker(line, END) {
-                return Some(out);
-            }
-        }
+    let lines = agent::schema::hosts_block_lines(hosts)?;
+    let mut out = format!("{BEGIN}\n");
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
     }
-    None
+    out.push_str(END);
+    out.push('\n');
+    Some(out)
 }
 
 /// Parses the entry lines of a block back into `(ip, hostN, name)` triples; used by tests and

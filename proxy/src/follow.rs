@@ -198,7 +198,7 @@ pub enum FileLeader {
 
 /// Reads the `host0` line of the clusterlab block: `IP host0 NAME`.
 pub fn leader_in_hosts(text: &str) -> FileLeader {
-    let Some(block) = agent::leader_service::hosts_block(text) else {
+    let Some(block) = agent::schema::hosts_block_lines(text) else {
         return FileLeader::Unknown;
     };
     for line in block {

@@ -16,9 +16,7 @@ use agent::config::Peer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-/// First and last line of the block hostsgen writes.
-pub const BLOCK_BEGIN: &str = "# BEGIN clusterlab";
-pub const BLOCK_END: &str = "# END clusterlab";
+pub use agent::schema::{HOSTS_BEGIN as BLOCK_BEGIN, HOSTS_END as BLOCK_END};
 
 /// One line of the hosts block: an address and its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,24 +28,11 @@ pub struct HostsLine {
 /// The lines between [`BLOCK_BEGIN`] and [`BLOCK_END`]. Lines that are not an IPv4 address
 /// followed by hostname labels are skipped; a missing or unterminated block gives nothing.
 pub fn parse_hosts_block(text: &str) -> Vec<HostsLine> {
-    let mut inside = false;
+    let Some(block) = agent::schema::hosts_block_lines(text) else {
+        return Vec::new();
+    };
     let mut lines = Vec::new();
-    for raw in text.lines() {
-        let line = raw.trim();
-        if line == BLOCK_BEGIN {
-            inside = true;
-            lines.clear();
-            continue;
-        }
-        if line == BLOCK_END {
-            if inside {
-                return lines;
-            }
-            continue;
-        }
-        if !inside {
-            continue;
-        }
+    for line in block {
         let mut words = line.split_whitespace();
         let Some(Ok(ip)) = words.next().map(str::parse::<Ipv4Addr>) else {
             continue;
@@ -60,7 +45,7 @@ pub fn parse_hosts_block(text: &str) -> Vec<HostsLine> {
             lines.push(HostsLine { ip, names });
         }
     }
-    Vec::new()
+    lines
 }
 
 /// The names under which each node's host key is listed, by node name.

@@ -27,26 +27,8 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// First and last line of the clusterlab block in a hosts file.
-const BEGIN: &str = "# BEGIN clusterlab";
-const END: &str = "# END clusterlab";
-
 /// How long the page waits for etcd before showing the error instead of the nodes.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The lines between `# BEGIN clusterlab` and `# END clusterlab`, if the block is complete.
-pub fn hosts_block(text: &str) -> Option<Vec<&str>> {
-    let mut lines = text.lines().map(str::trim_end);
-    lines.find(|l| *l == BEGIN)?;
-    let mut block = Vec::new();
-    for l in lines {
-        if l == END {
-            return Some(block);
-        }
-        block.push(l);
-    }
-    None
-}
 
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -239,7 +221,7 @@ async fn read_view(st: &AppState) -> Result<ClusterView, String> {
 async fn page(State(st): State<AppState>) -> Html<String> {
     let s = st.status.borrow().clone();
     let hosts = match tokio::fs::read_to_string(&st.hosts_file).await {
-        Ok(text) => match hosts_block(&text) {
+        Ok(text) => match schema::hosts_block_lines(&text) {
             Some(lines) => Ok(lines.into_iter().map(String::from).collect()),
             None => Err("no complete clusterlab block yet".into()),
         },
@@ -357,22 +339,6 @@ mod tests {
     use crate::schema::Role;
     use futures::{SinkExt, StreamExt};
     use std::net::Ipv4Addr;
-
-    #[test]
-    fn block_is_read_between_markers() {
-        let text = "127.0.0.1 localhost\n# BEGIN clusterlab\n10.77.0.12 host0 node2\n\
-                    10.77.0.10 host1 node0\n# END clusterlab\n::1 x\n";
-        assert_eq!(
-            hosts_block(text).unwrap(),
-            ["10.77.0.12 host0 node2", "10.77.0.10 host1 node0"]
-        );
-        assert_eq!(hosts_block("# BEGIN clusterlab\n10.0.0.1 host0 a\n"), None);
-        assert_eq!(hosts_block("10.0.0.1 host0 a\n# END clusterlab\n"), None);
-        assert_eq!(
-            hosts_block("# BEGIN clusterlab\n# END clusterlab\n"),
-            Some(vec![])
-        );
-    }
 
     #[test]
     fn page_escapes_everything_from_outside() {

@@ -14,7 +14,7 @@ use bollard::Docker;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-// The block's markers and its extraction are hostsgen's: the harness reads what hostsgen writes.
+// The block as hostsgen renders it (markers from agent::schema): the harness reads what hostsgen writes.
 pub use hostsgen::render::{extract_block as block_of, BEGIN, END};
 
 /// How often the probes look while waiting. A round reads every node in parallel and takes

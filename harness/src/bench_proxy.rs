@@ -77,17 +77,16 @@ impl LoadResult {
 
     /// Adds another round's numbers.
     pub fn merge(&mut self, other: LoadResult) {
+        if *self == LoadResult::default() {
+            *self = other;
+            return;
+        }
         self.ok += other.ok;
         self.errors += other.errors;
         self.secs += other.secs;
         self.latencies_ms.extend(other.latencies_ms);
         self.latencies_ms.sort_by(f64::total_cmp);
-        if self.secs == other.secs {
-            // The first round merged into an empty result.
-            self.cpu = other.cpu;
-        } else {
-            self.cpu.add(other.cpu);
-        }
+        self.cpu.add(other.cpu);
     }
 
     /// CPU microseconds per successful request of one party, as text.
@@ -338,19 +337,13 @@ async fn start_relay(
     leader_ip: Ipv4Addr,
     gateway_ip: Ipv4Addr,
 ) -> Result<(), ProxyCheckError> {
-    let cmd = format!(
-        "/usr/local/bin/proxy --relay-to {leader_ip}:{SERVICE_PORT} --listen 0.0.0.0:{RELAY_PORT} \
-         >/tmp/relay.log 2>&1 &"
-    );
-    let out = c.exec_gateway(&["sh", "-c", &cmd]).await?;
-    if out.code != 0 {
-        return Err(ProxyCheckError::Check(format!(
-            "starting the byte relay in {}: exit {}: {}",
-            c.names.gateway(),
-            out.code,
-            out.stderr.trim()
-        )));
-    }
+    c.spawn_in_gateway(
+        &format!(
+            "/usr/local/bin/proxy --relay-to {leader_ip}:{SERVICE_PORT} --listen 0.0.0.0:{RELAY_PORT}"
+        ),
+        "/tmp/relay.log",
+    )
+    .await?;
     let url = format!("http://{gateway_ip}:{RELAY_PORT}/api/status");
     wait_for(
         "the byte relay to answer",

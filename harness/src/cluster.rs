@@ -666,6 +666,22 @@ impl Cluster {
         exec_in(&self.docker, &self.names.gateway(), cmd).await
     }
 
+    /// Starts `command` (a shell command line) in the background in the gateway container,
+    /// its output going to `log` there; it runs until the gateway stops.
+    pub async fn spawn_in_gateway(&self, command: &str, log: &str) -> Result<()> {
+        let line = format!("{command} >{log} 2>&1 &");
+        let out = self.exec_gateway(&["sh", "-c", &line]).await?;
+        if out.code != 0 {
+            return Err(HarnessError::Image(format!(
+                "{} cannot start {command:?}: exit {}: {}",
+                self.names.gateway(),
+                out.code,
+                out.stderr.trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// The last `lines` lines of every node's log, for failure reports.
     pub async fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();

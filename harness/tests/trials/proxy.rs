@@ -167,12 +167,11 @@ async fn proxy_follows_leader(c: Cluster) -> anyhow::Result<()> {
 /// `/shared/hosts` (written by hostsgen) instead of etcd, and passes the same leader kill.
 async fn proxy_follows_file(c: Cluster) -> anyhow::Result<()> {
     const PORT: u16 = 8890;
-    let cmd = format!(
-        "/usr/local/bin/proxy --follow-file /shared/hosts --listen 0.0.0.0:{PORT} \
-         >/tmp/proxy-file.log 2>&1 &"
-    );
-    let out = c.exec_gateway(&["sh", "-c", &cmd]).await?;
-    ensure!(out.code == 0, "starting the file-following proxy: {out:?}");
+    c.spawn_in_gateway(
+        &format!("/usr/local/bin/proxy --follow-file /shared/hosts --listen 0.0.0.0:{PORT}"),
+        "/tmp/proxy-file.log",
+    )
+    .await?;
     let gw_ip = c.spec.subnet.host(harness::names::GATEWAY_OFFSET);
     let url = format!("http://{gw_ip}:{PORT}");
     follows_a_leader_kill(&c, &url).await?;

@@ -27,6 +27,7 @@ pub mod faults;
 pub mod grade;
 pub mod images;
 pub mod names;
+pub mod oracle;
 pub mod progress;
 pub mod trial;
 pub mod wait;

@@ -140,16 +140,7 @@ pub async fn wait_ready(
     }
 }
 
-/// A client for one or more endpoints with short timeouts suited to a cluster lab.
-pub async fn connect(endpoint: &str) -> Result<etcd_client::Client, etcd_client::Error> {
-    let opts = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(3))
-        // etcd answers pings closer than 5 s apart with GOAWAY ("too many pings"), which
-        // would cut long-lived watches and keep-alive streams: stay well above that.
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3));
-    etcd_client::Client::connect([endpoint], Some(opts)).await
-}
+pub use clusterlab_core::etcd::connect;
 
 #[cfg(test)]
 mod tests {

@@ -8,21 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-/// First restart delay; doubled after each quick failure up to [`MAX_BACKOFF`].
-pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest delay between restarts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A child that ran at least this long is considered healthy; its backoff resets.
-pub const HEALTHY_AFTER: Duration = Duration::from_secs(30);
-
-/// The delay before the next start, given the previous delay and how long the child ran.
-pub fn next_backoff(prev: Duration, ran_for: Duration) -> Duration {
-    if ran_for >= HEALTHY_AFTER {
-        MIN_BACKOFF
-    } else {
-        (prev * 2).clamp(MIN_BACKOFF, MAX_BACKOFF)
-    }
-}
+pub use clusterlab_core::backoff::{next_backoff, HEALTHY_AFTER, MAX_BACKOFF, MIN_BACKOFF};
 
 /// Runs every plugin until `stop` is cancelled; returns when all children are gone.
 pub async fn run_all(plugins: Vec<PluginConfig>, grace: Duration, stop: CancellationToken) {
@@ -137,20 +123,6 @@ pub async fn terminate(name: &str, child: &mut Child, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let quick = Duration::from_secs(1);
-        let mut b = next_backoff(Duration::ZERO, quick);
-        assert_eq!(b, MIN_BACKOFF);
-        b = next_backoff(b, quick);
-        assert_eq!(b, MIN_BACKOFF * 2);
-        for _ in 0..20 {
-            b = next_backoff(b, quick);
-        }
-        assert_eq!(b, MAX_BACKOFF);
-        assert_eq!(next_backoff(b, HEALTHY_AFTER), MIN_BACKOFF);
-    }
 
     #[tokio::test]
     async fn a_dying_plugin_is_restarted_and_stopped_on_cancel() {

@@ -2,6 +2,7 @@
 //! as `host0`, and the leader's copy of the block in the shared volume.
 //!
 //! # Layout
+//! - [`commands`]: what each subcommand does (main.rs only parses arguments).
 //! - [`render`]: pure functions: cluster view → table → block, and splicing a block into an
 //!   existing hosts file without touching Docker's lines.
 //! - [`offline`]: the JSON cluster description read by `hostsgen render --from-json`.
@@ -10,6 +11,7 @@
 //! - [`watch`]: the etcd side: linearizable snapshot of `/clusterlab/`, watch from the next
 //!   revision, resync with backoff, last good table kept while etcd cannot answer.
 
+pub mod commands;
 pub mod offline;
 pub mod render;
 pub mod watch;

@@ -1,8 +1,7 @@
 //! `hostsgen`: command-line wiring for the hosts generator; the work is in the library.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// clusterlab hosts generator: renders the cluster's hosts block from etcd, leader = host0,
 /// followers host1, host2 … in ascending IP order, node names as aliases.
@@ -63,66 +62,28 @@ Example output:
   10.77.0.11 host2 node1
   # END clusterlab"#;
 
-fn endpoints_or_local(
-    endpoints: Vec<String>,
-    config: Option<&Path>,
-) -> anyhow::Result<Vec<String>> {
-    if !endpoints.is_empty() {
-        return Ok(endpoints);
-    }
-    Ok(vec![agent::Config::load(config)?.local_endpoint()])
-}
-
-fn read_json(path: &Path) -> anyhow::Result<String> {
-    if path == Path::new("-") {
-        return std::io::read_to_string(std::io::stdin()).context("reading stdin");
-    }
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn warn_all(errors: &[agent::schema::SchemaError]) {
-    for e in errors {
-        tracing::warn!(problem = %e, "skipping an entry");
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    agent::init_tracing();
+    clusterlab_core::init_tracing();
+    let config = args.config.as_deref();
     match args.command {
         Command::Render {
             from_json: Some(path),
             ..
-        } => {
-            let (view, errors) = hostsgen::offline::parse(&read_json(&path)?)
-                .with_context(|| format!("parsing {}", path.display()))?;
-            warn_all(&errors);
-            print!("{}", hostsgen::render(&view));
-        }
+        } => print!("{}", hostsgen::commands::render_json(&path)?),
         Command::Render { endpoints, .. } => {
-            let endpoints = endpoints_or_local(endpoints, args.config.as_deref())?;
-            let (view, errors) = hostsgen::watch::read_view(&endpoints).await?;
-            warn_all(&errors);
-            print!("{}", hostsgen::render(&view));
+            print!(
+                "{}",
+                hostsgen::commands::render_etcd(endpoints, config).await?
+            )
         }
         Command::Watch {
             endpoints,
             hosts_file,
         } => {
-            let config = agent::Config::load(args.config.as_deref())?;
-            let endpoints = if endpoints.is_empty() {
-                vec![config.local_endpoint()]
-            } else {
-                endpoints
-            };
-            let settings = hostsgen::watch::Settings {
-                endpoints,
-                node: config.name.clone(),
-                hosts_file: hosts_file.unwrap_or(config.hosts.file.clone()),
-                shared_hosts: config.shared_dir.join("hosts"),
-            };
-            hostsgen::watch::run(settings, agent::shutdown_signal()).await;
+            let shutdown = clusterlab_core::shutdown_signal();
+            hostsgen::commands::watch(endpoints, hosts_file, config, shutdown).await?
         }
     }
     Ok(())

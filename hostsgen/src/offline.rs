@@ -15,7 +15,7 @@
 //! the other fields of a `/clusterlab/nodes/<name>` value. The records go through the exact
 //! code path of values read from etcd, so a bad name or IP is refused the same way.
 
-use agent::schema::{self, ClusterView, LeaderRecord, NodeRecord, Role, SchemaError};
+use clusterlab_core::schema::{self, ClusterView, LeaderRecord, NodeRecord, Role, SchemaError};
 use serde::Deserialize;
 
 /// The whole file.

@@ -10,19 +10,13 @@
 //! listed as a follower from `host1` on. `host0` then resolves to nothing instead of to a
 //! guess, and follower numbering does not depend on whether a leader is known.
 
-use agent::schema::{is_valid_label, ClusterView};
+use clusterlab_core::hosts::{is_marker, render_block};
+use clusterlab_core::schema::{is_valid_label, ClusterView};
 use std::net::Ipv4Addr;
 
-pub use agent::schema::{HOSTS_BEGIN as BEGIN, HOSTS_END as END};
-
-/// One line of the block: `<ip> host<index> <name>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostEntry {
-    pub ip: Ipv4Addr,
-    /// The `hostN` alias; 0 is the leader.
-    pub index: usize,
-    pub name: String,
-}
+/// The block's line, markers, reader and parser are clusterlab-core's; re-exported here
+/// under the names hostsgen has always given them.
+pub use clusterlab_core::hosts::{extract_block, parse_block, HostEntry, BEGIN, END};
 
 /// The table a view renders to, plus what was refused on the way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,28 +91,15 @@ pub fn table(view: &ClusterView) -> Table {
 
 /// The block for a table, BEGIN and END lines included, ending with a newline.
 pub fn render_table(t: &Table) -> String {
-    let mut out = String::with_capacity(64 + 40 * t.entries.len());
-    out.push_str(BEGIN);
-    out.push('\n');
-    for e in &t.entries {
-        // `table` only lets labels through; checked once more at the point of writing so no
-        // caller can ever produce a line with whitespace in a name.
-        if !is_valid_label(&e.name) {
-            continue;
-        }
-        out.push_str(&format!("{} host{} {}\n", e.ip, e.index, e.name));
-    }
-    out.push_str(END);
-    out.push('\n');
-    out
+    // `table` only lets labels through; checked once more at the point of writing so no
+    // caller can ever produce a line with whitespace in a name.
+    render_block(t.entries.iter().filter(|e| is_valid_label(&e.name)))
 }
 
 /// The block for a view: [`table`] then [`render_table`].
 pub fn render(view: &ClusterView) -> String {
     render_table(&table(view))
 }
-
-use agent::schema::is_hosts_marker as is_marker;
 
 /// Returns `existing_hosts` with its clusterlab block replaced by `block`, or with `block`
 /// appended if it has none. Every line outside BEGIN … END (Docker's own lines) is kept
@@ -163,45 +144,10 @@ pub fn replace_block(existing_hosts: &str, block: &str) -> String {
     out
 }
 
-/// The clusterlab block of a hosts file, BEGIN and END lines included and every line trimmed,
-/// if it has a complete one.
-pub fn extract_block(hosts: &str) -> Option<String> {
-    let lines = agent::schema::hosts_block_lines(hosts)?;
-    let mut out = format!("{BEGIN}\n");
-    for line in lines {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str(END);
-    out.push('\n');
-    Some(out)
-}
-
-/// Parses the entry lines of a block back into `(ip, hostN, name)` triples; used by tests and
-/// the harness to compare nodes. Lines that do not have exactly three fields are returned as
-/// errors so a malformed block is never mistaken for a good one.
-pub fn parse_block(block: &str) -> Result<Vec<(Ipv4Addr, String, String)>, String> {
-    let mut rows = Vec::new();
-    for line in block.lines() {
-        if is_marker(line, BEGIN) || is_marker(line, END) {
-            continue;
-        }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [ip, alias, name] = fields[..] else {
-            return Err(format!("malformed hosts line {line:?}"));
-        };
-        let ip = ip
-            .parse::<Ipv4Addr>()
-            .map_err(|_| format!("bad IP in hosts line {line:?}"))?;
-        rows.push((ip, alias.to_string(), name.to_string()));
-    }
-    Ok(rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent::schema::{LeaderRecord, Member, Role};
+    use clusterlab_core::schema::{LeaderRecord, Member, Role};
     use proptest::prelude::*;
 
     fn member(name: &str, ip: &str) -> Member {
@@ -398,7 +344,11 @@ mod tests {
         let rows = parse_block(b).unwrap();
         assert_eq!(
             rows[1],
-            ("10.0.0.2".parse().unwrap(), "host1".into(), "b".into())
+            HostEntry {
+                ip: "10.0.0.2".parse().unwrap(),
+                index: 1,
+                name: "b".into()
+            }
         );
         assert!(parse_block("# BEGIN clusterlab\n10.0.0.1 host0\n# END clusterlab\n").is_err());
     }
@@ -474,11 +424,11 @@ mod tests {
             let lines: Vec<&str> = out.lines().collect();
             prop_assert_eq!(lines[0], BEGIN);
             prop_assert_eq!(lines[lines.len() - 1], END);
-            let rows = parse_block(&out).map_err(TestCaseError::fail)?;
+            let rows = parse_block(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(rows.len(), ns.len());
-            for (_, alias, name) in rows {
-                prop_assert!(alias.starts_with("host"));
-                prop_assert!(is_valid_label(&name));
+            for (i, e) in rows.iter().enumerate() {
+                prop_assert_eq!(e.index, i + usize::from(leader.is_none_or(|l| l >= ns.len())));
+                prop_assert!(is_valid_label(&e.name));
             }
         }
 

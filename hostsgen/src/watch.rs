@@ -11,7 +11,7 @@
 
 use crate::render::{render_table, table, Table};
 use crate::write::{update_hosts_file, write_shared};
-use agent::schema::{self, ClusterView, SchemaError};
+use clusterlab_core::schema::{self, ClusterView, SchemaError};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -9,7 +9,8 @@
 //! leader back. A lost or cancelled watch is resynced with a fresh read.
 
 use crate::upstream::{Tracker, Upstream};
-use agent::schema::{self, LeaderRecord};
+use clusterlab_core::hosts::{self, HostsLine};
+use clusterlab_core::schema::{self, LeaderRecord};
 use etcd_client::{EventType, GetResponse, WatchOptions};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -136,38 +137,59 @@ async fn watch_endpoint(endpoint: String, tx: mpsc::Sender<Observation>, stop: C
     }
 }
 
+/// Why one endpoint's read-then-watch cycle ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchLost {
+    #[error("connecting: {0}")]
+    Connect(#[source] etcd_client::Error),
+    #[error("reading the leader key timed out")]
+    ReadTimeout,
+    #[error("reading the leader key: {0}")]
+    Read(#[source] etcd_client::Error),
+    #[error("opening the watch: {0}")]
+    Open(#[source] etcd_client::Error),
+    #[error("watch: {0}")]
+    Watch(#[source] etcd_client::Error),
+    #[error("watch stream ended")]
+    Ended,
+    #[error("watch cancelled: {0}")]
+    Cancelled(String),
+    #[error("merger gone")]
+    MergerGone,
+}
+
 /// One read-then-watch cycle; returns why the watch ended.
 async fn sync_and_watch(
     endpoint: &str,
     tx: &mpsc::Sender<Observation>,
     backoff: &mut Duration,
-) -> Result<(), String> {
-    let mut client = agent::etcd::connect(endpoint)
+) -> Result<(), WatchLost> {
+    let mut client = clusterlab_core::etcd::connect(endpoint)
         .await
-        .map_err(|e| format!("connecting: {e}"))?;
+        .map_err(WatchLost::Connect)?;
     let resp = tokio::time::timeout(Duration::from_secs(3), client.get(schema::LEADER_KEY, None))
         .await
-        .map_err(|_| "reading the leader key timed out".to_string())?
-        .map_err(|e| format!("reading the leader key: {e}"))?;
+        .map_err(|_| WatchLost::ReadTimeout)?
+        .map_err(WatchLost::Read)?;
     let obs = observation_of_get(&resp, endpoint);
     let from = obs.revision + 1;
-    tx.send(obs).await.map_err(|_| "merger gone".to_string())?;
+    tx.send(obs).await.map_err(|_| WatchLost::MergerGone)?;
     let mut stream = client
         .watch(
             schema::LEADER_KEY,
             Some(WatchOptions::new().with_start_revision(from)),
         )
         .await
-        .map_err(|e| format!("opening the watch: {e}"))?;
+        .map_err(WatchLost::Open)?;
     // A read and a watch worked: the endpoint is healthy again.
     *backoff = Duration::from_millis(200);
     loop {
-        let msg = stream.message().await.map_err(|e| format!("watch: {e}"))?;
+        let msg = stream.message().await.map_err(WatchLost::Watch)?;
         let Some(resp) = msg else {
-            return Err("watch stream ended".into());
+            return Err(WatchLost::Ended);
         };
         if resp.canceled() {
-            return Err(format!("watch cancelled: {}", resp.cancel_reason()));
+            return Err(WatchLost::Cancelled(resp.cancel_reason().to_string()));
         }
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
@@ -180,7 +202,7 @@ async fn sync_and_watch(
                 leader,
                 endpoint: endpoint.to_string(),
             };
-            tx.send(obs).await.map_err(|_| "merger gone".to_string())?;
+            tx.send(obs).await.map_err(|_| WatchLost::MergerGone)?;
         }
     }
 }
@@ -196,21 +218,21 @@ pub enum FileLeader {
     Unknown,
 }
 
-/// Reads the `host0` line of the clusterlab block: `IP host0 NAME`.
+/// Reads the `host0` line of the clusterlab block: `IP host0 NAME`, each line read by
+/// clusterlab-core's [`HostsLine::parse`]. Lenient on purpose, as a resolver is: the first
+/// line whose names include `host0` wins, whatever else it carries; lines that do not parse
+/// are passed over.
 pub fn leader_in_hosts(text: &str) -> FileLeader {
-    let Some(block) = agent::schema::hosts_block_lines(text) else {
+    let Some(block) = hosts::block_lines(text) else {
         return FileLeader::Unknown;
     };
     for line in block {
-        let mut fields = line.split_whitespace();
-        let Some(ip) = fields.next() else { continue };
-        let names: Vec<&str> = fields.take_while(|f| !f.starts_with('#')).collect();
+        let Ok(Some(HostsLine { ip, names, .. })) = HostsLine::parse(line) else {
+            continue;
+        };
         if !names.contains(&"host0") {
             continue;
         }
-        let Ok(ip) = ip.parse::<IpAddr>() else {
-            continue;
-        };
         let name = names
             .iter()
             .find(|n| **n != "host0")

@@ -43,7 +43,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    agent::init_tracing();
+    clusterlab_core::init_tracing();
     anyhow::ensure!(
         args.hold_s.is_finite() && args.hold_s >= 0.0,
         "--hold-s must be a non-negative number of seconds"
@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         tracing::info!(listen = %args.listen, %to, "byte relay started");
-        proxy::relay::run(listener, to, agent::shutdown_signal()).await;
+        proxy::relay::run(listener, to, clusterlab_core::shutdown_signal()).await;
         return Ok(());
     }
     let follow = match args.follow_file {
@@ -76,6 +76,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, follow = ?config.follow, hold_s = args.hold_s, "proxy started");
-    proxy::run(config, listener, agent::shutdown_signal()).await;
+    proxy::run(config, listener, clusterlab_core::shutdown_signal()).await;
     Ok(())
 }

@@ -12,47 +12,47 @@
 
 use crate::pubkey::key_line;
 use crate::scan::Published;
-use agent::config::Peer;
+use clusterlab_core::config::Peer;
+use clusterlab_core::hosts::{self, HostsLine};
+use clusterlab_core::schema::is_valid_label;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-pub use agent::schema::{HOSTS_BEGIN as BLOCK_BEGIN, HOSTS_END as BLOCK_END};
+pub use clusterlab_core::hosts::{BEGIN as BLOCK_BEGIN, END as BLOCK_END};
 
-/// One line of the hosts block: an address and its names.
+/// One line of the hosts block as sshkeys uses it: an IPv4 address and its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostsLine {
+pub struct HostNames {
     pub ip: Ipv4Addr,
     pub names: Vec<String>,
 }
 
-/// The lines between [`BLOCK_BEGIN`] and [`BLOCK_END`]. Lines that are not an IPv4 address
-/// followed by hostname labels are skipped; a missing or unterminated block gives nothing.
-pub fn parse_hosts_block(text: &str) -> Vec<HostsLine> {
-    let Some(block) = agent::schema::hosts_block_lines(text) else {
+/// The lines between [`BLOCK_BEGIN`] and [`BLOCK_END`], read by clusterlab-core's
+/// [`HostsLine::parse`]. Stricter than that reading, deliberately: a line is kept only when
+/// its address is IPv4 and every name is a hostname label, so nothing else can reach
+/// known_hosts; other lines are skipped. A missing or unterminated block gives nothing.
+pub fn parse_hosts_block(text: &str) -> Vec<HostNames> {
+    let Some(block) = hosts::block_lines(text) else {
         return Vec::new();
     };
-    let mut lines = Vec::new();
-    for line in block {
-        let mut words = line.split_whitespace();
-        let Some(Ok(ip)) = words.next().map(str::parse::<Ipv4Addr>) else {
-            continue;
-        };
-        let names: Vec<String> = words
-            .take_while(|w| !w.starts_with('#'))
-            .map(str::to_string)
-            .collect();
-        if !names.is_empty() && names.iter().all(|n| agent::schema::is_valid_label(n)) {
-            lines.push(HostsLine { ip, names });
-        }
-    }
-    lines
+    block
+        .into_iter()
+        .filter_map(|line| HostsLine::parse(line).ok().flatten())
+        .filter(|l| l.names.iter().all(|n| is_valid_label(n)))
+        .filter_map(|l| {
+            Some(HostNames {
+                ip: l.ipv4()?,
+                names: l.names.iter().map(|n| n.to_string()).collect(),
+            })
+        })
+        .collect()
 }
 
 /// The names under which each node's host key is listed, by node name.
 pub fn host_names(
     nodes: &[&str],
     peers: &[Peer],
-    block: &[HostsLine],
+    block: &[HostNames],
 ) -> BTreeMap<String, Vec<String>> {
     // An alias is usable only when exactly one line of the block carries it.
     let mut alias_count: BTreeMap<&str, usize> = BTreeMap::new();
@@ -140,7 +140,8 @@ mod tests {
     }
 
     fn peers() -> Vec<Peer> {
-        agent::config::parse_peers("node0=10.77.0.10,node1=10.77.0.11,node2=10.77.0.12").unwrap()
+        clusterlab_core::config::parse_peers("node0=10.77.0.10,node1=10.77.0.11,node2=10.77.0.12")
+            .unwrap()
     }
 
     const HOSTS: &str = "127.0.0.1\tlocalhost\n10.77.0.11\tnode1\n\
@@ -165,7 +166,7 @@ mod tests {
         let block = parse_hosts_block(evil);
         assert_eq!(
             block,
-            [HostsLine {
+            [HostNames {
                 ip: "10.0.0.5".parse().unwrap(),
                 names: vec!["host5".into(), "node5".into()]
             }]

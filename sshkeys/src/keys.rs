@@ -8,7 +8,7 @@
 
 use crate::fsutil::{self, FsError};
 use crate::pubkey::key_line;
-use agent::Config;
+use clusterlab_core::config::Config;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use std::path::{Path, PathBuf};
@@ -71,7 +71,10 @@ pub enum KeyError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error("key file {path} exists but is not a usable ed25519 private key: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        path: PathBuf,
+        reason: PrivateKeyProblem,
+    },
     #[error("generating an ed25519 key for {path}: {reason}")]
     Generate { path: PathBuf, reason: String },
 }
@@ -141,13 +144,24 @@ pub fn load(path: &Path) -> Result<PrivateKey, KeyError> {
     })
 }
 
-fn parse_private(bytes: &[u8]) -> Result<PrivateKey, String> {
-    let key = PrivateKey::from_openssh(bytes).map_err(|e| e.to_string())?;
+/// Why a private key file's content is not a usable node key.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateKeyProblem {
+    #[error("{0}")]
+    Openssh(russh::keys::ssh_key::Error),
+    #[error("it is encrypted")]
+    Encrypted,
+    #[error("it is {0}, not ssh-ed25519")]
+    NotEd25519(Algorithm),
+}
+
+fn parse_private(bytes: &[u8]) -> Result<PrivateKey, PrivateKeyProblem> {
+    let key = PrivateKey::from_openssh(bytes).map_err(PrivateKeyProblem::Openssh)?;
     if key.is_encrypted() {
-        return Err("it is encrypted".into());
+        return Err(PrivateKeyProblem::Encrypted);
     }
     if key.algorithm() != Algorithm::Ed25519 {
-        return Err(format!("it is {}, not ssh-ed25519", key.algorithm()));
+        return Err(PrivateKeyProblem::NotEd25519(key.algorithm()));
     }
     Ok(key)
 }

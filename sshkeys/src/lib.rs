@@ -27,7 +27,7 @@ pub mod verify;
 
 pub use keys::Paths;
 
-use agent::Config;
+use clusterlab_core::config::Config;
 use std::sync::Arc;
 use std::time::Duration;
 

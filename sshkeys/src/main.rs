@@ -66,27 +66,11 @@ enum Cmd {
     },
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Run by the agent, stderr is a pipe
-/// into the agent's own log, which adds its own timestamp: plain text, no time, no colours.
-fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::io::stderr().is_terminal() {
-        fmt.try_init()
-    } else {
-        fmt.with_ansi(false).without_time().try_init()
-    };
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing();
-    let config = agent::Config::load(args.config.as_deref())?;
+    clusterlab_core::init_plugin_tracing();
+    let config = clusterlab_core::config::Config::load(args.config.as_deref())?;
     let paths = sshkeys::Paths::from_config(&config);
     match args.command {
         Cmd::Publish => {
@@ -113,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
                 poll: Duration::from_millis(poll_ms.max(100)),
                 ..Default::default()
             };
-            sshkeys::sync::run(&config, &paths, opts, agent::shutdown_signal()).await?;
+            sshkeys::sync::run(&config, &paths, opts, clusterlab_core::shutdown_signal()).await?;
         }
         Cmd::Verify {
             to,

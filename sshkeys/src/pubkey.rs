@@ -137,7 +137,7 @@ impl Refusal {
 /// not a valid hostname label followed by `.pub`.
 pub fn node_name_of_file(file_name: &str) -> Option<&str> {
     let stem = file_name.strip_suffix(".pub")?;
-    agent::schema::is_valid_label(stem).then_some(stem)
+    clusterlab_core::schema::is_valid_label(stem).then_some(stem)
 }
 
 /// Parses the contents of one published file into the key it holds.

@@ -11,8 +11,8 @@ use crate::fsutil::{self, FsError, Owner};
 use crate::keys::{self, KeyError, NodeKeys, Paths};
 use crate::scan::{self, Refused};
 use crate::system::{self, Account, SystemError};
-use agent::config::Peer;
-use agent::Config;
+use clusterlab_core::config::Config;
+use clusterlab_core::config::Peer;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -344,7 +344,7 @@ impl Sshd {
     }
 
     fn schedule_restart(&mut self) {
-        self.backoff = agent::supervise::next_backoff(self.backoff, self.started.elapsed());
+        self.backoff = clusterlab_core::backoff::next_backoff(self.backoff, self.started.elapsed());
         tracing::info!(
             delay_ms = self.backoff.as_millis() as u64,
             "restarting sshd after backoff"

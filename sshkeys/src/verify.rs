@@ -6,10 +6,10 @@
 //! `hostname`, whose output must be the target's node name. Every target gets a result with a
 //! reason when it fails; targets are checked concurrently, each within its own deadline.
 
-use crate::assemble::HostsLine;
+use crate::assemble::HostNames;
 use crate::pubkey::{fingerprint, same_key};
 use crate::scan::Scan;
-use agent::config::Peer;
+use clusterlab_core::config::Peer;
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use serde::Serialize;
@@ -142,7 +142,7 @@ pub fn resolve(
     selection: &Selection,
     peers: &[Peer],
     hosts: &Scan,
-    block: &[HostsLine],
+    block: &[HostNames],
     port: u16,
 ) -> Vec<Target> {
     let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();

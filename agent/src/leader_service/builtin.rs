@@ -45,6 +45,34 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// Why the page shows no hosts block.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HostsBlockError {
+    #[error("cannot read: {0}")]
+    Read(Arc<std::io::Error>),
+    #[error("no complete clusterlab block yet")]
+    Incomplete,
+}
+
+/// Why the page shows no live nodes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ViewError {
+    #[error("connecting to {endpoint} timed out")]
+    ConnectTimeout { endpoint: String },
+    #[error("connecting to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: Arc<etcd_client::Error>,
+    },
+    #[error("reading {prefix} timed out")]
+    ReadTimeout { prefix: &'static str },
+    #[error("reading {prefix}: {source}")]
+    Read {
+        prefix: &'static str,
+        source: Arc<etcd_client::Error>,
+    },
+}
+
 /// What the page shows; gathered by the handler, rendered by [`render_page`].
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -54,9 +82,9 @@ pub struct Page {
     pub term: u64,
     pub hosts_file: String,
     /// The block's lines, or why they could not be read.
-    pub hosts: Result<Vec<String>, String>,
+    pub hosts: Result<Vec<String>, HostsBlockError>,
     /// Live nodes and the leader key's node, or why etcd could not be read.
-    pub nodes: Result<(Vec<Member>, Option<String>), String>,
+    pub nodes: Result<(Vec<Member>, Option<String>), ViewError>,
 }
 
 /// The HTML page; every value from outside is escaped.
@@ -81,7 +109,7 @@ pub fn render_page(p: &Page) -> String {
             let _ = writeln!(h, "<pre>{}</pre>", body.join("\n"));
         }
         Err(e) => {
-            let _ = writeln!(h, "<p><i>{}</i></p>", escape(e));
+            let _ = writeln!(h, "<p><i>{}</i></p>", escape(&e.to_string()));
         }
     }
     h.push_str("<h2>Live nodes</h2>\n");
@@ -110,7 +138,7 @@ pub fn render_page(p: &Page) -> String {
             h.push_str("</table>\n");
         }
         Err(e) => {
-            let _ = writeln!(h, "<p><i>etcd: {}</i></p>", escape(e));
+            let _ = writeln!(h, "<p><i>etcd: {}</i></p>", escape(&e.to_string()));
         }
     }
     h.push_str("</body></html>\n");
@@ -183,7 +211,7 @@ async fn api_status(State(st): State<AppState>) -> Json<ApiStatus> {
     })
 }
 
-async fn read_view(st: &AppState) -> Result<ClusterView, String> {
+async fn read_view(st: &AppState) -> Result<ClusterView, ViewError> {
     // The lock only guards making the client; clones share its channel, so page views do
     // not queue behind each other's reads.
     let mut client = {
@@ -193,8 +221,13 @@ async fn read_view(st: &AppState) -> Result<ClusterView, String> {
             None => {
                 let c = tokio::time::timeout(ETCD_TIMEOUT, crate::etcd::connect(&st.endpoint))
                     .await
-                    .map_err(|_| format!("connecting to {} timed out", st.endpoint))?
-                    .map_err(|e| format!("connecting to {}: {e}", st.endpoint))?;
+                    .map_err(|_| ViewError::ConnectTimeout {
+                        endpoint: st.endpoint.clone(),
+                    })?
+                    .map_err(|e| ViewError::Connect {
+                        endpoint: st.endpoint.clone(),
+                        source: Arc::new(e),
+                    })?;
                 *guard = Some(c.clone());
                 c
             }
@@ -204,8 +237,17 @@ async fn read_view(st: &AppState) -> Result<ClusterView, String> {
     let resp =
         match tokio::time::timeout(ETCD_TIMEOUT, client.get(schema::PREFIX, Some(opts))).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(format!("reading {}: {e}", schema::PREFIX)),
-            Err(_) => return Err(format!("reading {} timed out", schema::PREFIX)),
+            Ok(Err(e)) => {
+                return Err(ViewError::Read {
+                    prefix: schema::PREFIX,
+                    source: Arc::new(e),
+                })
+            }
+            Err(_) => {
+                return Err(ViewError::ReadTimeout {
+                    prefix: schema::PREFIX,
+                })
+            }
         };
     let kvs = resp
         .kvs()
@@ -221,11 +263,11 @@ async fn read_view(st: &AppState) -> Result<ClusterView, String> {
 async fn page(State(st): State<AppState>) -> Html<String> {
     let s = st.status.borrow().clone();
     let hosts = match tokio::fs::read_to_string(&st.hosts_file).await {
-        Ok(text) => match schema::hosts_block_lines(&text) {
+        Ok(text) => match clusterlab_core::hosts::block_lines(&text) {
             Some(lines) => Ok(lines.into_iter().map(String::from).collect()),
-            None => Err("no complete clusterlab block yet".into()),
+            None => Err(HostsBlockError::Incomplete),
         },
-        Err(e) => Err(format!("cannot read: {e}")),
+        Err(e) => Err(HostsBlockError::Read(Arc::new(e))),
     };
     let nodes = read_view(&st)
         .await
@@ -378,13 +420,20 @@ mod tests {
         let html = render_page(&stale);
         assert!(html.contains("leader (stale: "), "{html}");
         let p = Page {
-            hosts: Err("cannot read: gone".into()),
-            nodes: Err("timed out".into()),
+            hosts: Err(HostsBlockError::Read(Arc::new(std::io::Error::other(
+                "gone",
+            )))),
+            nodes: Err(ViewError::ReadTimeout {
+                prefix: schema::PREFIX,
+            }),
             ..p
         };
         let html = render_page(&p);
         assert!(html.contains("cannot read: gone"), "{html}");
-        assert!(html.contains("etcd: timed out"), "{html}");
+        assert!(
+            html.contains("etcd: reading /clusterlab/ timed out"),
+            "{html}"
+        );
     }
 
     fn test_config(port: u16, hosts: PathBuf) -> Config {

@@ -246,7 +246,7 @@ fn scan_with(names: &[&str]) -> Scan {
 
 #[test]
 fn resolve_covers_peers_published_keys_aliases_and_addresses() {
-    let peers = agent::config::parse_peers("node0=10.77.0.10,node1=10.77.0.11").unwrap();
+    let peers = clusterlab_core::config::parse_peers("node0=10.77.0.10,node1=10.77.0.11").unwrap();
     let hosts = scan_with(&["node1", "node5"]);
     let block = crate::assemble::parse_hosts_block(
         "# BEGIN clusterlab\n10.77.0.11 host0 node1\n10.77.0.10 host1 node0\n\

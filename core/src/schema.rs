@@ -4,8 +4,7 @@
 //! is the raft leader also keeps `/clusterlab/leader`. Values are JSON so that stock
 //! `etcdctl get --prefix /clusterlab/` shows them readably.
 //!
-//! It also holds the one shape clusterlab writes outside etcd that several programs read: the
-//! block between [`HOSTS_BEGIN`] and [`HOSTS_END`] in /etc/hosts and /shared/hosts.
+//! The block clusterlab writes into hosts files is in [`crate::hosts`].
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -79,35 +78,6 @@ pub enum SchemaError {
         name: String,
         expected: String,
     },
-}
-
-/// First line of the clusterlab block in a hosts file.
-pub const HOSTS_BEGIN: &str = "# BEGIN clusterlab";
-/// Last line of the clusterlab block in a hosts file.
-pub const HOSTS_END: &str = "# END clusterlab";
-
-/// True when `line` is the marker `marker`, give or take surrounding whitespace.
-pub fn is_hosts_marker(line: &str, marker: &str) -> bool {
-    line.trim() == marker
-}
-
-/// The lines of a hosts file's clusterlab block, between the markers and trimmed, if the
-/// block is complete (`None` while it is missing or unterminated). A second BEGIN before the
-/// END starts the block again: only a BEGIN … END run with no marker inside counts.
-pub fn hosts_block_lines(text: &str) -> Option<Vec<&str>> {
-    let mut block: Option<Vec<&str>> = None;
-    for line in text.lines() {
-        if is_hosts_marker(line, HOSTS_BEGIN) {
-            block = Some(Vec::new());
-        } else if is_hosts_marker(line, HOSTS_END) {
-            if block.is_some() {
-                return block;
-            }
-        } else if let Some(b) = block.as_mut() {
-            b.push(line.trim());
-        }
-    }
-    None
 }
 
 /// True when `name` is a valid hostname label (RFC 1123): 1–63 of `[A-Za-z0-9-]`,
@@ -221,35 +191,6 @@ pub fn parse_node(key_name: &str, value: &[u8]) -> Result<Member, SchemaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_block_is_read_between_markers() {
-        let text = "127.0.0.1 localhost\n# BEGIN clusterlab\n10.77.0.12 host0 node2\n\
-                    10.77.0.10 host1 node0  \n  # END clusterlab\n::1 x\n";
-        assert_eq!(
-            hosts_block_lines(text).unwrap(),
-            ["10.77.0.12 host0 node2", "10.77.0.10 host1 node0"]
-        );
-        assert_eq!(
-            hosts_block_lines("# BEGIN clusterlab\n10.0.0.1 host0 a\n"),
-            None
-        );
-        assert_eq!(
-            hosts_block_lines("10.0.0.1 host0 a\n# END clusterlab\n"),
-            None
-        );
-        assert_eq!(
-            hosts_block_lines("# BEGIN clusterlab\n# END clusterlab\n"),
-            Some(vec![])
-        );
-        // A stray BEGIN above the real block does not swallow the lines between.
-        assert_eq!(
-            hosts_block_lines(
-                "# BEGIN clusterlab\n10.0.0.9 host0 old\n# BEGIN clusterlab\n10.0.0.1 host0 a\n# END clusterlab\n"
-            ),
-            Some(vec!["10.0.0.1 host0 a"])
-        );
-    }
 
     fn node(name: &str, ip: &str, role: Role) -> Vec<u8> {
         serde_json::to_vec(&NodeRecord {

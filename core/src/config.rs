@@ -172,8 +172,11 @@ impl Default for LeaderServiceConfig {
 /// A configuration that could not be read or does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading configuration: {0}")]
-    Load(String),
+    #[error("reading configuration: config file {} does not exist", path.display())]
+    MissingFile { path: PathBuf },
+    /// Every problem figment found, each naming its key and the source it came from.
+    #[error("reading configuration: {}", problems.join("; "))]
+    Load { problems: Vec<String> },
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -185,24 +188,42 @@ pub struct Peer {
     pub ip: Ipv4Addr,
 }
 
+/// Why a `peers` list (`name=ip,name=ip`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeersError {
+    #[error("entry {entry:?} is not of the form name=ip")]
+    NotNameIp { entry: String },
+    #[error("name {name:?} is not a valid hostname label")]
+    BadName { name: String },
+    #[error("entry {entry:?}: {ip:?} is not an IPv4 address")]
+    BadIp { entry: String, ip: String },
+    #[error("name {name:?} appears twice")]
+    DuplicateName { name: String },
+    #[error("address {ip} appears twice")]
+    DuplicateIp { ip: Ipv4Addr },
+    #[error("no peers given (expected name=ip,name=ip,…)")]
+    Empty,
+}
+
 /// Parses `name=ip,name=ip`.
-pub fn parse_peers(s: &str) -> Result<Vec<Peer>, String> {
+pub fn parse_peers(s: &str) -> Result<Vec<Peer>, PeersError> {
     let mut peers = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (name, ip) = item
             .split_once('=')
-            .ok_or_else(|| format!("entry {item:?} is not of the form name=ip"))?;
+            .ok_or_else(|| PeersError::NotNameIp { entry: item.into() })?;
         if !crate::schema::is_valid_label(name) {
-            return Err(format!("name {name:?} is not a valid hostname label"));
+            return Err(PeersError::BadName { name: name.into() });
         }
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("entry {item:?}: {ip:?} is not an IPv4 address"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| PeersError::BadIp {
+            entry: item.into(),
+            ip: ip.into(),
+        })?;
         if peers.iter().any(|p: &Peer| p.name == name) {
-            return Err(format!("name {name:?} appears twice"));
+            return Err(PeersError::DuplicateName { name: name.into() });
         }
         if peers.iter().any(|p: &Peer| p.ip == ip) {
-            return Err(format!("address {ip} appears twice"));
+            return Err(PeersError::DuplicateIp { ip });
         }
         peers.push(Peer {
             name: name.into(),
@@ -210,7 +231,7 @@ pub fn parse_peers(s: &str) -> Result<Vec<Peer>, String> {
         });
     }
     if peers.is_empty() {
-        return Err("no peers given (expected name=ip,name=ip,…)".into());
+        return Err(PeersError::Empty);
     }
     Ok(peers)
 }
@@ -223,10 +244,9 @@ impl Config {
         match file {
             Some(path) => {
                 if !path.is_file() {
-                    return Err(ConfigError::Load(format!(
-                        "config file {} does not exist",
-                        path.display()
-                    )));
+                    return Err(ConfigError::MissingFile {
+                        path: path.to_path_buf(),
+                    });
                 }
                 fig = fig.merge(Toml::file(path));
             }
@@ -248,8 +268,8 @@ impl Config {
     pub fn from_figment(fig: &Figment) -> Result<Config, ConfigError> {
         let config: Config = fig.extract().map_err(|e| {
             // Name every error with the key and the source it came from.
-            let msgs: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
-            ConfigError::Load(msgs.join("; "))
+            let problems = e.into_iter().map(|e| describe_figment_error(&e)).collect();
+            ConfigError::Load { problems }
         })?;
         config.validate()?;
         Ok(config)
@@ -272,7 +292,7 @@ impl Config {
         };
         let peers = match parse_peers(&self.peers) {
             Ok(p) => p,
-            Err(r) => return invalid("peers", r),
+            Err(r) => return invalid("peers", r.to_string()),
         };
         match peers.iter().find(|p| p.name == self.name) {
             None => {
@@ -454,10 +474,27 @@ mod tests {
 
     #[test]
     fn peers_reject_duplicates_and_garbage() {
-        assert!(parse_peers("a=10.0.0.1,a=10.0.0.2").is_err());
-        assert!(parse_peers("a=10.0.0.1,b=10.0.0.1").is_err());
-        assert!(parse_peers("a=10.0.0.1,b=x").is_err());
-        assert!(parse_peers("").is_err());
+        assert!(matches!(
+            parse_peers("a=10.0.0.1,a=10.0.0.2"),
+            Err(PeersError::DuplicateName { .. })
+        ));
+        assert!(matches!(
+            parse_peers("a=10.0.0.1,b=10.0.0.1"),
+            Err(PeersError::DuplicateIp { .. })
+        ));
+        assert!(matches!(
+            parse_peers("a=10.0.0.1,b=x"),
+            Err(PeersError::BadIp { .. })
+        ));
+        assert!(matches!(
+            parse_peers("a"),
+            Err(PeersError::NotNameIp { .. })
+        ));
+        assert!(matches!(
+            parse_peers("a b=10.0.0.1"),
+            Err(PeersError::BadName { .. })
+        ));
+        assert_eq!(parse_peers(""), Err(PeersError::Empty));
         assert_eq!(parse_peers(" a=10.0.0.1 , b=10.0.0.2 ").unwrap().len(), 2);
     }
 }

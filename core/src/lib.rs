@@ -1,0 +1,61 @@
+//! clusterlab-core: what every node binary (agent, hostsgen, sshkeys, proxy) shares.
+//!
+//! # Layout
+//! - [`schema`]: the etcd key schema and the validated cluster view read from it.
+//! - [`hosts`]: the clusterlab block of a hosts file: its markers, the one parser and the one
+//!   renderer of its `<ip> hostN name` lines.
+//! - [`config`] (feature `config`): node configuration (figment: defaults ← TOML ←
+//!   `CLUSTERLAB_*`). Crates that read no configuration (the proxy) leave the feature off
+//!   and do not pull figment.
+//! - [`etcd`]: the etcd client connection with clusterlab's timeouts.
+//! - [`backoff`]: the restart backoff shared by the agent's supervisor and sshkeys.
+//! - [`shutdown_signal`] and [`init_tracing`]: process set-up of every node binary.
+
+pub mod backoff;
+#[cfg(feature = "config")]
+pub mod config;
+pub mod etcd;
+pub mod hosts;
+pub mod schema;
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Plugins log through a pipe into the agent's log: colour codes only on a terminal.
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Sets up logging for a plugin whose stderr, when the agent runs it, is a pipe into the
+/// agent's own log, which adds its own timestamp: on a terminal as [`init_tracing`], on a
+/// pipe plain text with no time and no colours. Filtered by `RUST_LOG` (default `info`).
+pub fn init_plugin_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        fmt.try_init()
+    } else {
+        fmt.with_ansi(false).without_time().try_init()
+    };
+}

@@ -31,6 +31,13 @@ pub enum EtcdError {
     Exited { node: String, status: String },
 }
 
+/// While etcd starts, each readiness probe (a Status call) may take this long; a freshly
+/// started member that answers at all answers in milliseconds.
+pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between readiness probes: short, because the cluster's bootstrap waits on it, and
+/// the whole wait is bounded by `etcd.start_timeout_s`.
+pub const READY_PROBE_EVERY: Duration = Duration::from_millis(200);
+
 /// etcd's data directory for this node, on the node's persistent volume.
 pub fn data_dir(config: &Config) -> PathBuf {
     config.data_dir.join("etcd")
@@ -115,7 +122,7 @@ pub async fn wait_ready(
         }
         match connect(&endpoint).await {
             Ok(mut client) => {
-                match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
+                match tokio::time::timeout(READY_PROBE_TIMEOUT, client.status()).await {
                     Ok(Ok(st)) => {
                         if let Some(h) = st.header() {
                             return Ok((client, h.member_id()));
@@ -136,7 +143,7 @@ pub async fn wait_ready(
                 last,
             });
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(READY_PROBE_EVERY).await;
     }
 }
 

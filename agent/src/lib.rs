@@ -4,13 +4,15 @@
 //! - [`config`], [`schema`]: node configuration and the etcd key schema, re-exported from
 //!   clusterlab-core (shared with every plugin that runs on a node).
 //! - [`etcd`]: etcd's flags, the child process and readiness.
-//! - [`node`]: the node's life: lease, node key, leadership tracking, leader key, shutdown.
+//! - [`keys`]: the decisions of the key loop (lease, node key, leader key), without effects.
+//! - [`node`]: the node's life: etcd, the key loop's effects, health, plugins, shutdown.
 //! - [`health`]: the health API on :8008.
 //! - [`supervise`]: plugin processes, restarted with backoff.
 //! - [`leader_service`]: the service that runs on the leader only.
 
 pub mod etcd;
 pub mod health;
+pub mod keys;
 pub mod leader_service;
 pub mod node;
 pub mod supervise;

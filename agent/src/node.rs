@@ -2,9 +2,10 @@
 //! plugins, all stopped in order on shutdown.
 
 use crate::config::Config;
+use crate::keys::{role_of, Keys, RoleChange};
 use crate::schema::{self, LeaderRecord, NodeRecord, Role};
 use crate::{etcd, health, supervise};
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, StatusResponse};
 use serde::Serialize;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -105,7 +106,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     let plugins_task = tokio::spawn(supervise::run_all(
         config.plugins.clone(),
-        Duration::from_secs(3),
+        PLUGIN_GRACE,
         stop.clone(),
     ));
     let leader_task = tokio::spawn(crate::leader_service::run(
@@ -136,8 +137,85 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = leader_task.await;
     let _ = keys_task.await; // revokes the lease while etcd still runs
     let _ = health_task.await;
-    supervise::terminate("etcd", &mut etcd_child, Duration::from_secs(5)).await;
+    supervise::terminate("etcd", &mut etcd_child, ETCD_GRACE).await;
     result
+}
+
+/// Plugins get this long between SIGTERM and SIGKILL when the node shuts down. They keep no
+/// state that needs more than finishing a write in progress (hostsgen's hosts file, sshkeys'
+/// atomic renames), and the agent still has its lease to revoke and etcd to stop after them.
+pub const PLUGIN_GRACE: Duration = Duration::from_secs(3);
+
+/// etcd gets this long between SIGTERM and SIGKILL at shutdown, to close its WAL cleanly.
+pub const ETCD_GRACE: Duration = Duration::from_secs(5);
+
+/// Every etcd call of the key loop (Status, lease grant, keep-alive, key reads and writes,
+/// revoke) fails after this long.
+///
+/// The loop polls every `leader_poll_ms` (200 ms by default); a member that stops answering
+/// must not hold it much longer than that, so a call that hangs counts as failed after 2 s and
+/// the next poll asks again. 2 s is twice etcd's default election timeout: a healthy member
+/// answers far sooner, even during an election. The keep-alive, renewed every third of the
+/// lease TTL (at least 2 s, 10 s by default), still gets several tries within one TTL.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The lease is renewed this many times per TTL, so two renewals in a row may fail before it
+/// expires.
+pub const RENEWALS_PER_TTL: u32 = 3;
+
+/// Shortest interval between two renewals, whatever the TTL.
+pub const MIN_RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// How often lease `ttl_s` is renewed.
+pub fn renew_every(ttl_s: u64) -> Duration {
+    Duration::from_millis(ttl_s * 1000 / u64::from(RENEWALS_PER_TTL)).max(MIN_RENEW_EVERY)
+}
+
+/// The etcd call the key loop was making.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOp {
+    ReadStatus,
+    GrantLease,
+    OpenKeepAlive,
+    SendKeepAlive,
+    ReadKeepAlive,
+    ReadLeaderKey,
+    Write(String),
+    RevokeLease,
+}
+
+impl std::fmt::Display for KeyOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyOp::ReadStatus => f.write_str("reading member status"),
+            KeyOp::GrantLease => f.write_str("granting lease"),
+            KeyOp::OpenKeepAlive => f.write_str("opening keep-alive"),
+            KeyOp::SendKeepAlive => f.write_str("sending keep-alive"),
+            KeyOp::ReadKeepAlive => f.write_str("reading keep-alive"),
+            KeyOp::ReadLeaderKey => f.write_str("reading leader key"),
+            KeyOp::Write(key) => write!(f, "writing {key}"),
+            KeyOp::RevokeLease => f.write_str("revoking lease"),
+        }
+    }
+}
+
+/// Why one step of the key loop failed; the loop logs it and tries again at the next poll.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyLoopError {
+    #[error("{op}: {source}")]
+    Etcd {
+        op: KeyOp,
+        source: etcd_client::Error,
+    },
+    #[error("{op}: timed out after {} s", OP_TIMEOUT.as_secs())]
+    Timeout { op: KeyOp },
+    #[error("keep-alive stream closed")]
+    KeepAliveClosed,
+    #[error("encoding the value of {key}: {source}")]
+    Encode {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 /// The node's current lease; its keep-alive runs in a task of its own so that a slow or
@@ -147,38 +225,37 @@ struct Lease {
     keeper: tokio::task::JoinHandle<()>,
 }
 
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
-
-async fn timed<T, E: std::fmt::Display>(
-    what: &str,
-    fut: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+async fn timed<T>(
+    op: KeyOp,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, KeyLoopError> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!(
-            "{what}: timed out after {} s",
-            OP_TIMEOUT.as_secs()
-        )),
+        Ok(Err(source)) => Err(KeyLoopError::Etcd { op, source }),
+        Err(_) => Err(KeyLoopError::Timeout { op }),
     }
 }
 
-async fn grant(client: &mut Client, ttl: u64, lost: mpsc::Sender<i64>) -> Result<Lease, String> {
-    let resp = timed("granting lease", client.lease_grant(ttl as i64, None)).await?;
+async fn grant(
+    client: &mut Client,
+    ttl: u64,
+    lost: mpsc::Sender<i64>,
+) -> Result<Lease, KeyLoopError> {
+    let resp = timed(KeyOp::GrantLease, client.lease_grant(ttl as i64, None)).await?;
     let id = resp.id();
     let keeper = tokio::spawn(keep_lease(client.clone(), id, ttl, lost));
     Ok(Lease { id, keeper })
 }
 
-/// Renews lease `id` every TTL/3 until it expires or cannot be renewed for a whole TTL;
-/// then reports it on `lost` and ends.
+/// Renews lease `id` every [`renew_every`] until it expires or cannot be renewed for a whole
+/// TTL; then reports it on `lost` and ends.
 async fn keep_lease(mut client: Client, id: i64, ttl: u64, lost: mpsc::Sender<i64>) {
-    let period = Duration::from_millis((ttl * 1000 / 3).max(500));
+    let period = renew_every(ttl);
     let mut last_ok = Instant::now();
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         if stream.is_none() {
-            match timed("opening keep-alive", client.lease_keep_alive(id)).await {
+            match timed(KeyOp::OpenKeepAlive, client.lease_keep_alive(id)).await {
                 Ok(s) => stream = Some(s),
                 Err(e) => {
                     tracing::warn!(lease = format!("{id:x}"), error = %e, "keep-alive failed")
@@ -214,7 +291,22 @@ async fn keep_lease(mut client: Client, id: i64, ttl: u64, lost: mpsc::Sender<i6
     }
 }
 
-/// Keeps the node key and, while leading, the leader key; publishes [`NodeStatus`].
+/// Publishes a successful Status into the node's status.
+fn record_status(status_tx: &watch::Sender<NodeStatus>, st: &StatusResponse, role: Role) {
+    status_tx.send_modify(|s| {
+        s.role = Some(role);
+        s.raft_leader = Some(schema::member_id_hex(st.leader()));
+        s.raft_term = st.raft_term();
+        s.etcd_ok = true;
+        s.last_error = None;
+        if role == Role::Leader {
+            s.leader_confirmed_at = Some(Instant::now());
+        }
+    });
+}
+
+/// Keeps the node key and, while leading, the leader key; publishes [`NodeStatus`]. The
+/// decisions are [`Keys`]'s; this loop only makes the etcd calls and reports what worked.
 async fn maintain_keys(
     config: Config,
     mut client: Client,
@@ -227,62 +319,41 @@ async fn maintain_keys(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (lost_tx, mut lost_rx) = mpsc::channel::<i64>(4);
     let mut lease: Option<Lease> = None;
-    let mut written_role: Option<Role> = None;
-    let mut role_since = now_s();
-    let mut last_role: Option<Role> = None;
-    let mut leader_checked_at: Option<Instant> = None;
+    let mut keys = Keys::new(now_s());
     let my_id = schema::member_id_hex(member_id);
 
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(id) = lost_rx.recv() => {
-                if lease.as_ref().is_some_and(|l| l.id == id) {
+                if keys.lease_lost(id) {
                     lease = None;
-                    written_role = None;
-                    leader_checked_at = None;
                     status_tx.send_modify(|s| s.lease_id = None);
                 }
             }
             _ = tick.tick() => {
-                let status = timed("reading member status", client.status()).await;
-                let role = match &status {
-                    Ok(st) => {
-                        let role = if st.leader() == member_id { Role::Leader } else { Role::Follower };
-                        status_tx.send_modify(|s| {
-                            s.role = Some(role);
-                            s.raft_leader = Some(schema::member_id_hex(st.leader()));
-                            s.raft_term = st.raft_term();
-                            s.etcd_ok = true;
-                            s.last_error = None;
-                            if role == Role::Leader {
-                                s.leader_confirmed_at = Some(Instant::now());
-                            }
-                        });
-                        Some(role)
-                    }
+                let st = match timed(KeyOp::ReadStatus, client.status()).await {
+                    Ok(st) => st,
                     Err(e) => {
-                        let e = e.clone();
                         status_tx.send_modify(|s| {
                             s.etcd_ok = false;
-                            s.last_error = Some(e);
+                            s.last_error = Some(e.to_string());
                         });
-                        None
+                        continue;
                     }
                 };
-                let Some(role) = role else { continue };
-                if last_role != Some(role) {
-                    if last_role.is_some() {
-                        tracing::info!(from = ?last_role, to = %role, term = status.as_ref().map(|s| s.raft_term()).unwrap_or(0), "role changed");
-                    }
-                    last_role = Some(role);
-                    role_since = now_s();
+                let role = role_of(st.leader(), member_id);
+                record_status(&status_tx, &st, role);
+                let (change, plan) = keys.poll(role, tokio::time::Instant::now(), now_s());
+                if let Some(RoleChange { from: Some(from), to }) = change {
+                    tracing::info!(from = ?Some(from), to = %to, term = st.raft_term(), "role changed");
                 }
-                if lease.is_none() {
+                if plan.grant_lease {
                     match grant(&mut client, ttl, lost_tx.clone()).await {
                         Ok(l) => {
                             tracing::info!(lease = format!("{:x}", l.id), ttl, "lease granted");
                             status_tx.send_modify(|s| s.lease_id = Some(format!("{:x}", l.id)));
+                            keys.lease_granted(l.id);
                             lease = Some(l);
                         }
                         Err(e) => {
@@ -291,37 +362,32 @@ async fn maintain_keys(
                         }
                     }
                 }
-                let Some(lease_id) = lease.as_ref().map(|l| l.id) else { continue };
-                if written_role != Some(role) {
+                let Some(lease_id) = keys.lease() else { continue };
+                if let Some(w) = plan.put_node_key {
                     let rec = NodeRecord {
                         name: config.name.clone(),
                         ip: config.ip.clone(),
-                        role,
+                        role: w.role,
                         member_id: my_id.clone(),
-                        since: role_since,
+                        since: w.since,
                     };
                     match put(&mut client, &schema::node_key(&config.name), &rec, lease_id).await {
-                        Ok(()) => written_role = Some(role),
+                        Ok(()) => keys.node_key_written(w.role),
                         Err(e) => tracing::warn!(error = %e, "cannot write node key"),
                     }
                 }
-                if role == Role::Leader {
-                    let due = leader_checked_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
-                    if due {
-                        match ensure_leader_key(&mut client, &config, &my_id, lease_id).await {
-                            Ok(()) => leader_checked_at = Some(Instant::now()),
-                            Err(e) => tracing::warn!(error = %e, "cannot write leader key"),
-                        }
+                if plan.ensure_leader_key {
+                    match ensure_leader_key(&mut client, &config, &my_id, lease_id).await {
+                        Ok(()) => keys.leader_key_confirmed(tokio::time::Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "cannot write leader key"),
                     }
-                } else {
-                    leader_checked_at = None;
                 }
             }
         }
     }
     if let Some(l) = lease {
         l.keeper.abort();
-        match timed("revoking lease", client.lease_revoke(l.id)).await {
+        match timed(KeyOp::RevokeLease, client.lease_revoke(l.id)).await {
             Ok(_) => tracing::info!(lease = format!("{:x}", l.id), "lease revoked"),
             Err(e) => tracing::warn!(error = %e, "could not revoke lease; keys expire with it"),
         }
@@ -331,11 +397,11 @@ async fn maintain_keys(
 async fn keep_alive(
     keeper: &mut LeaseKeeper,
     replies: &mut LeaseKeepAliveStream,
-) -> Result<bool, String> {
-    timed("sending keep-alive", keeper.keep_alive()).await?;
-    match timed("reading keep-alive", replies.message()).await? {
+) -> Result<bool, KeyLoopError> {
+    timed(KeyOp::SendKeepAlive, keeper.keep_alive()).await?;
+    match timed(KeyOp::ReadKeepAlive, replies.message()).await? {
         Some(resp) => Ok(resp.ttl() > 0),
-        None => Err("keep-alive stream closed".into()),
+        None => Err(KeyLoopError::KeepAliveClosed),
     }
 }
 
@@ -344,23 +410,29 @@ async fn put<T: Serialize>(
     key: &str,
     value: &T,
     lease: i64,
-) -> Result<(), String> {
-    let body = serde_json::to_string(value).map_err(|e| e.to_string())?;
+) -> Result<(), KeyLoopError> {
+    let body = serde_json::to_string(value).map_err(|source| KeyLoopError::Encode {
+        key: key.to_string(),
+        source,
+    })?;
     timed(
-        &format!("writing {key}"),
+        KeyOp::Write(key.to_string()),
         client.put(key, body, Some(PutOptions::new().with_lease(lease))),
     )
     .await
     .map(|_| ())
 }
 
+/// Leaves the leader key alone if it already is this node's record on `lease`, else writes
+/// it. Read then write, not a transaction: a demoted leader's late write can land after the
+/// new leader's; the next check ([`crate::keys::LEADER_KEY_RECHECK`]) repairs it.
 async fn ensure_leader_key(
     client: &mut Client,
     config: &Config,
     my_id: &str,
     lease: i64,
-) -> Result<(), String> {
-    let resp = timed("reading leader key", client.get(schema::LEADER_KEY, None)).await?;
+) -> Result<(), KeyLoopError> {
+    let resp = timed(KeyOp::ReadLeaderKey, client.get(schema::LEADER_KEY, None)).await?;
     let current = resp
         .kvs()
         .first()
@@ -377,4 +449,51 @@ async fn ensure_leader_key(
     put(client, schema::LEADER_KEY, &rec, lease).await?;
     tracing::info!(node = %config.name, "wrote leader key");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_renewed_three_times_per_ttl() {
+        assert_eq!(renew_every(10), Duration::from_millis(3333));
+        assert_eq!(renew_every(2), Duration::from_millis(666));
+        assert_eq!(renew_every(1), MIN_RENEW_EVERY);
+        assert_eq!(renew_every(0), MIN_RENEW_EVERY);
+    }
+
+    #[test]
+    fn loop_errors_say_what_was_being_done() {
+        let e = KeyLoopError::Timeout {
+            op: KeyOp::Write(schema::node_key("node1")),
+        };
+        assert_eq!(
+            e.to_string(),
+            "writing /clusterlab/nodes/node1: timed out after 2 s"
+        );
+        let e = KeyLoopError::Timeout {
+            op: KeyOp::ReadStatus,
+        };
+        assert_eq!(e.to_string(), "reading member status: timed out after 2 s");
+    }
+
+    #[test]
+    fn leadership_counts_only_while_confirmed_recently() {
+        let config = Config {
+            name: "node0".into(),
+            ip: "10.77.0.10".into(),
+            ..Config::default()
+        };
+        let mut s = NodeStatus::new(&config, 0x1f);
+        assert_eq!(s.member_id, "1f");
+        let now = Instant::now();
+        assert!(!s.is_leader_at(now, Duration::from_secs(10)));
+        s.role = Some(Role::Leader);
+        s.leader_confirmed_at = Some(now);
+        assert!(s.is_leader_at(now + Duration::from_secs(10), Duration::from_secs(10)));
+        assert!(!s.is_leader_at(now + Duration::from_secs(11), Duration::from_secs(10)));
+        s.role = Some(Role::Follower);
+        assert!(!s.is_leader_at(now, Duration::from_secs(10)));
+    }
 }

@@ -59,23 +59,16 @@ pub fn render_json(path: &Path) -> Result<String, CommandError> {
     Ok(block_of(parsed))
 }
 
-/// The given endpoints, or this node's local member from the configuration when none are.
-pub fn endpoints_or_local(
-    endpoints: Vec<String>,
-    config: Option<&Path>,
-) -> Result<Vec<String>, ConfigError> {
-    if !endpoints.is_empty() {
-        return Ok(endpoints);
-    }
-    Ok(vec![Config::load(config)?.local_endpoint()])
-}
-
 /// `hostsgen render`: the block for the cluster as etcd describes it now.
 pub async fn render_etcd(
     endpoints: Vec<String>,
     config: Option<&Path>,
 ) -> Result<String, CommandError> {
-    let endpoints = endpoints_or_local(endpoints, config)?;
+    let endpoints = if endpoints.is_empty() {
+        vec![Config::load(config)?.local_endpoint()]
+    } else {
+        endpoints
+    };
     Ok(block_of(watch::read_view(&endpoints).await?))
 }
 

@@ -73,6 +73,9 @@ pub enum ViewError {
     },
 }
 
+/// The lines of the hosts file's clusterlab block, trimmed, as the page shows them.
+pub type BlockLines = Vec<String>;
+
 /// What the page shows; gathered by the handler, rendered by [`render_page`].
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -82,7 +85,7 @@ pub struct Page {
     pub term: u64,
     pub hosts_file: String,
     /// The block's lines, or why they could not be read.
-    pub hosts: Result<Vec<String>, HostsBlockError>,
+    pub hosts: Result<BlockLines, HostsBlockError>,
     /// Live nodes and the leader key's node, or why etcd could not be read.
     pub nodes: Result<(Vec<Member>, Option<String>), ViewError>,
 }
@@ -469,7 +472,7 @@ mod tests {
         l.local_addr().unwrap().port()
     }
 
-    async fn get(port: u16, path: &str) -> std::io::Result<String> {
+    async fn get(port: u16, path: &str) -> Result<String, std::io::Error> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         s.write_all(

@@ -155,8 +155,9 @@ pub const ETCD_GRACE: Duration = Duration::from_secs(5);
 /// The loop polls every `leader_poll_ms` (200 ms by default); a member that stops answering
 /// must not hold it much longer than that, so a call that hangs counts as failed after 2 s and
 /// the next poll asks again. 2 s is twice etcd's default election timeout: a healthy member
-/// answers far sooner, even during an election. The keep-alive, renewed every third of the
-/// lease TTL (at least 2 s, 10 s by default), still gets several tries within one TTL.
+/// answers far sooner, even during an election. With the default 10 s lease TTL, renewed
+/// every 3.3 s ([`renew_every`]), a renewal that times out still leaves two more tries before
+/// the lease would expire.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The lease is renewed this many times per TTL, so two renewals in a row may fail before it

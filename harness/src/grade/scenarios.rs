@@ -4,13 +4,14 @@
 //! how long the submission took; a failed wait's reason says what was still wrong.
 
 use super::judge::{
-    judge_hosts, judge_service, parse_host_lines, raft_leader, summarize, DeadNode, HostLine,
-    HostsProblem, NodeRef,
+    judge_hosts, judge_service, parse_host_lines, summarize, DeadNode, HostLine, HostsProblem,
+    NodeRef,
 };
 use super::profile::{render, Profile};
 use super::report::{CheckReport, ScenarioReport, Status};
-use super::runner::SubmissionCluster;
+use super::runner::GradedCluster;
 use crate::docker::HarnessError;
+use crate::oracle::raft_leader;
 use crate::wait::wait_for;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -99,7 +100,7 @@ struct Since {
 
 /// Runs one scenario against a fresh cluster and always removes it afterwards.
 pub async fn run_scenario(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     scenario: Scenario,
     log_lines: usize,
 ) -> ScenarioReport {
@@ -158,7 +159,7 @@ pub async fn run_scenario(
     };
     if let Err(e) = sub.down().await {
         rec.notes
-            .push(format!("warning: removing {}: {e}", sub.names.cluster));
+            .push(format!("warning: removing {}: {e}", sub.names().cluster));
     }
     ScenarioReport {
         name: scenario.name().into(),
@@ -174,11 +175,7 @@ pub async fn run_scenario(
     }
 }
 
-async fn startup(
-    sub: &SubmissionCluster,
-    rec: &mut Recorder,
-    t0: Instant,
-) -> Result<(), HarnessError> {
+async fn startup(sub: &GradedCluster, rec: &mut Recorder, t0: Instant) -> Result<(), HarnessError> {
     let p = &sub.profile;
     let all = sub.nodes();
     let since = Since {
@@ -204,7 +201,7 @@ async fn startup(
 }
 
 async fn kill(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     rec: &mut Recorder,
     t0: Instant,
     leader: bool,
@@ -299,7 +296,7 @@ async fn kill(
 /// every table and the tables are right within `limits.dead_node_s`. Returns the figures
 /// measured and the check's outcome.
 async fn hosts_after_kill(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     survivors: &[NodeRef],
     victim: &NodeRef,
     killed: Instant,
@@ -384,29 +381,32 @@ struct HostsLook {
     tables: Vec<(NodeRef, Result<Vec<HostLine>, String>)>,
 }
 
-async fn look_hosts(sub: &SubmissionCluster, live: &[NodeRef]) -> HostsLook {
+async fn look_hosts(sub: &GradedCluster, live: &[NodeRef]) -> HostsLook {
     let leader = etcd_leader(sub, live).await;
     let reads = live.iter().map(|n| async move {
         (
             n.clone(),
-            sub.read_hosts(n).await.map(|t| parse_host_lines(&t)),
+            sub.read_hosts(n)
+                .await
+                .map(|t| parse_host_lines(&t))
+                .map_err(|e| e.to_string()),
         )
     });
     let tables = futures::future::join_all(reads).await;
     HostsLook { leader, tables }
 }
 
-async fn etcd_leader(sub: &SubmissionCluster, live: &[NodeRef]) -> Result<NodeRef, String> {
+async fn etcd_leader(sub: &GradedCluster, live: &[NodeRef]) -> Result<NodeRef, String> {
     let probes = live
         .iter()
         .map(|n| async move { (n.clone(), sub.member_status(n).await) });
     let probes = futures::future::join_all(probes).await;
-    raft_leader(&probes)
+    raft_leader(&probes).cloned().map_err(|e| e.to_string())
 }
 
 /// Fails at once (instead of waiting out the limit) when a node that should live has
 /// stopped: nothing the submission does later can bring it back.
-async fn stopped_nodes(sub: &SubmissionCluster, live: &[NodeRef]) -> Option<String> {
+async fn stopped_nodes(sub: &GradedCluster, live: &[NodeRef]) -> Option<String> {
     let mut stopped = Vec::new();
     for n in live {
         match sub.not_running(n).await {
@@ -428,7 +428,7 @@ type Accept<'a> = &'a (dyn Fn(&[HostsProblem]) -> bool + Sync);
 /// Waits until every live node's hosts table is right (or, with `accept`, until the
 /// problems left are acceptable), at most `limit` after `since`.
 async fn wait_hosts(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     live: &[NodeRef],
     dead: &[(NodeRef, Instant)],
     since: Since,
@@ -523,7 +523,7 @@ async fn wait_hosts(
 
 /// Waits until etcd's survivors agree on a leader other than the killed one.
 async fn wait_new_leader(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     survivors: &[NodeRef],
     old: &NodeRef,
     killed: Instant,
@@ -554,7 +554,7 @@ async fn wait_new_leader(
 
 /// Waits until the leader service answers on etcd's leader and on no other live node.
 async fn wait_service(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     live: &[NodeRef],
     since: Since,
     limit: Duration,
@@ -598,7 +598,7 @@ async fn wait_service(
 
 /// Runs the profile's SSH command from every live node to every other, retrying the
 /// failed pairs until all succeed or `limits.ssh_s` is over.
-async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]) {
+async fn check_ssh(sub: &GradedCluster, rec: &mut Recorder, live: &[NodeRef]) {
     let p = &sub.profile;
     let limit = Duration::from_secs(p.limits.ssh_s);
     let pairs: Vec<(NodeRef, NodeRef)> = live
@@ -661,7 +661,7 @@ async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]
 }
 
 /// One SSH attempt from `a` to `b` with the profile's command.
-async fn ssh_once(sub: &SubmissionCluster, a: &NodeRef, b: &NodeRef) -> Result<(), String> {
+async fn ssh_once(sub: &GradedCluster, a: &NodeRef, b: &NodeRef) -> Result<(), String> {
     let p: &Profile = &sub.profile;
     let idx = |n: &NodeRef| {
         crate::names::ClusterNames::node_index(&n.name)

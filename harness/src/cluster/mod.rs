@@ -544,6 +544,33 @@ mod tests {
     }
 
     #[test]
+    fn node_and_gateway_containers_follow_the_spec() {
+        let mut s = spec(3);
+        s.env
+            .push(("CLUSTERLAB_ETCD__ELECTION_MS".into(), "500".into()));
+        let n = s.node_container(1);
+        assert_eq!(n.container, "lab-node1");
+        assert_eq!(n.hostname.as_deref(), Some("node1"));
+        assert_eq!(n.ip, Some(Ipv4Addr::new(10, 77, 0, 11)));
+        assert!(n.env.contains(&"CLUSTERLAB_NAME=node1".to_string()));
+        assert!(n
+            .env
+            .contains(&"CLUSTERLAB_ETCD__ELECTION_MS=500".to_string()));
+        assert_eq!(
+            n.mounts,
+            [
+                ("lab-node1-data".to_string(), "/data".to_string()),
+                ("lab-shared".to_string(), "/shared".to_string())
+            ]
+        );
+        assert_eq!(n.cap_add, ["NET_ADMIN"]);
+        let g = s.gateway_container();
+        assert_eq!(g.ip, Some(Ipv4Addr::new(10, 77, 0, 5)));
+        assert_eq!(g.publish, Some((8888, 8888)));
+        assert_eq!(g.command[1], s.etcd_endpoints().join(","));
+    }
+
+    #[test]
     fn spec_validation_names_the_problem() {
         assert!(spec(3).validate().is_ok());
         assert!(spec(9).validate().is_ok());
@@ -555,9 +582,14 @@ mod tests {
         let mut s = spec(3);
         s.name = "Bad Name".into();
         assert!(s.validate().unwrap_err().to_string().contains("Bad Name"));
-        let mut s = spec(250);
-        s.subnet = "10.1.0.0/24".parse().unwrap();
-        assert!(s.validate().is_err());
+        assert!(spec(201)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("1 to 200"));
+        let mut s = spec(3);
+        s.env.push(("PATH".into(), "/x".into()));
+        assert!(s.validate().unwrap_err().to_string().contains("--env PATH"));
     }
 
     #[test]

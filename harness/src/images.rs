@@ -163,7 +163,7 @@ pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Image
 
 /// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
 /// made from Debian packages when missing.
-pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String> {
+pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String, HarnessError> {
     if let Some(configured) = &opts.base_image {
         if image_exists(docker, configured).await? {
             return Ok(configured.clone());
@@ -551,7 +551,11 @@ impl NodeContext {
 }
 
 /// The node image for this tree, built if an image with its content hash is missing.
-pub async fn ensure_node(docker: &Docker, opts: &ImageOptions, base: &str) -> Result<String> {
+pub async fn ensure_node(
+    docker: &Docker,
+    opts: &ImageOptions,
+    base: &str,
+) -> Result<String, HarnessError> {
     let bin_dir = build_binaries(&opts.workspace).await?;
     let context = NodeContext::load(&opts.workspace, &bin_dir)?;
     let base_id = ctx(

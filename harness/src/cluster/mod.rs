@@ -12,7 +12,7 @@ pub mod status;
 
 pub use objects::{
     down, exec_in, list_objects, logs_tail, ClusterObjects, ContainerRole, ContainerSpec,
-    ExecOutput,
+    ExecOutput, Stopped,
 };
 pub use status::{probe_member, ClusterStatus, GatewayState, NodeState, ProbeError};
 
@@ -20,7 +20,7 @@ use crate::docker::{ctx, is_not_found, HarnessError, Result};
 use crate::names::{
     validate_cluster_name, ClusterNames, Subnet, FIRST_NODE_OFFSET, GATEWAY_OFFSET, MAX_NODES,
 };
-use crate::oracle::{self, ContainerState, Role};
+use crate::oracle::{self, ContainerState};
 use agent::schema::ClusterView;
 use bollard::Docker;
 use std::net::Ipv4Addr;
@@ -360,7 +360,7 @@ impl Cluster {
     }
 
     /// Container name of a node by name.
-    pub fn container_name(&self, name: &str) -> Result<String> {
+    pub fn container_name(&self, name: &str) -> Result<String, HarnessError> {
         Ok(self.names.node_container(self.resolve(name)?))
     }
 
@@ -481,19 +481,8 @@ impl Cluster {
         Ok(self.status().await?.etcd_leader)
     }
 
-    /// A running node whose member reports itself a follower.
-    pub async fn a_follower(&self) -> Result<Option<String>> {
-        Ok(self
-            .status()
-            .await?
-            .nodes
-            .into_iter()
-            .find(|n| n.state.is_running() && n.etcd_role == Some(Role::Follower))
-            .map(|n| n.name))
-    }
-
     /// The gateway's URL on the host (http://127.0.0.1:PORT).
-    pub async fn gateway_url(&self) -> Result<String> {
+    pub async fn gateway_url(&self) -> Result<String, HarnessError> {
         let c = self.names.gateway();
         let info = ctx(
             format!("inspecting {c}"),

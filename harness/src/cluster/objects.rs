@@ -153,6 +153,30 @@ impl ContainerSpec {
     }
 }
 
+/// A container that does not run, as Docker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    pub container: String,
+    pub state: ContainerState,
+    pub exit_code: i64,
+    /// Docker's error text for the container, if it has one.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "its container {} is {} (exit code {})",
+            self.container, self.state, self.exit_code
+        )?;
+        if let Some(e) = &self.error {
+            write!(f, ": {e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Kinds of labelled objects, in the order they are removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ObjectKind {
@@ -435,7 +459,7 @@ impl ClusterObjects {
     }
 
     /// `None` when the container runs, else what Docker says about it (state, exit code).
-    pub async fn not_running(&self, container: &str) -> Result<Option<String>> {
+    pub async fn not_running(&self, container: &str) -> Result<Option<Stopped>> {
         let info = ctx(
             format!("inspecting {container}"),
             self.docker.inspect_container(container, None).await,
@@ -444,17 +468,15 @@ impl ClusterObjects {
         if st.running == Some(true) {
             return Ok(None);
         }
-        Ok(Some(format!(
-            "its container {container} is {} (exit code {}){}",
-            st.status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "not running".into()),
-            st.exit_code.unwrap_or(-1),
-            st.error
-                .filter(|e| !e.is_empty())
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        )))
+        Ok(Some(Stopped {
+            container: container.to_string(),
+            state: st
+                .status
+                .map(|s| ContainerState::parse(s.as_ref()))
+                .unwrap_or(ContainerState::Other("not running".into())),
+            exit_code: st.exit_code.unwrap_or(-1),
+            error: st.error.filter(|e| !e.is_empty()),
+        }))
     }
 
     /// Every object carrying this cluster's label, in removal order.

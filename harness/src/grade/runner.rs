@@ -8,7 +8,7 @@
 use super::judge::{NodeRef, ServiceProbe};
 use super::profile::{render, ImageSource, IpPlan, Profile};
 use crate::cluster::{
-    probe_member, ClusterObjects, ContainerRole, ContainerSpec, ExecOutput, ProbeError,
+    probe_member, ClusterObjects, ContainerRole, ContainerSpec, ExecOutput, ProbeError, Stopped,
 };
 use crate::docker::{ctx, HarnessError, Result};
 use crate::images::{ensure_base, ensure_images, image_exists, ImageOptions, NodeContext};
@@ -31,7 +31,7 @@ pub async fn prepare_image(
     profile: &Profile,
     opts: &ImageOptions,
     override_image: Option<&str>,
-) -> Result<String> {
+) -> Result<String, HarnessError> {
     let source = match override_image {
         Some(i) => ImageSource::Image(i.to_string()),
         None => profile.image_source(),
@@ -98,7 +98,7 @@ pub async fn build_dir_image(
     dir: &Path,
     base: &str,
     label: &str,
-) -> Result<String> {
+) -> Result<String, HarnessError> {
     if !dir.join("Dockerfile").is_file() {
         return Err(HarnessError::NoDockerfile {
             dir: dir.display().to_string(),
@@ -176,7 +176,7 @@ impl GradedCluster {
     }
 
     /// The container of a node.
-    pub fn container(&self, node: &NodeRef) -> Result<String> {
+    pub fn container(&self, node: &NodeRef) -> Result<String, HarnessError> {
         ClusterNames::node_index(&node.name)
             .filter(|i| *i < self.plan.nodes)
             .map(|i| self.names().node_container(i))
@@ -228,8 +228,10 @@ impl GradedCluster {
                 reason,
             })
         };
-        let fill_all = |field: &str, list: &[String]| -> Result<Vec<String>> {
-            list.iter().map(|s| fill(field, s)).collect()
+        let fill_all = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|s| fill(field, s))
+                .collect::<Result<Vec<_>, _>>()
         };
         let mut env = Vec::new();
         for (k, v) in &t.env {
@@ -268,12 +270,12 @@ impl GradedCluster {
     }
 
     /// `None` when the node's container runs, else what Docker says about it.
-    pub async fn not_running(&self, node: &NodeRef) -> Result<Option<String>> {
+    pub async fn not_running(&self, node: &NodeRef) -> Result<Option<Stopped>> {
         self.objects.not_running(&self.container(node)?).await
     }
 
     /// The hosts file of a node as text.
-    pub async fn read_hosts(&self, node: &NodeRef) -> Result<String> {
+    pub async fn read_hosts(&self, node: &NodeRef) -> Result<String, HarnessError> {
         let file = self.profile.judge.hosts_file.as_str();
         let out = self.exec(node, &["cat", file]).await?;
         if out.code == 0 {
@@ -342,7 +344,7 @@ pub async fn http_status(addr: &str, path: &str, timeout: Duration) -> ServicePr
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        parse_status_line(&buf)
+        parse_status_line(&buf).map_err(|e| e.to_string())
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(code)) => ServiceProbe::Http(code),
@@ -358,8 +360,17 @@ fn connect_error(e: &std::io::Error) -> String {
     }
 }
 
+/// Why an answer has no HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusLineError {
+    #[error("closed the connection without an answer")]
+    Empty,
+    #[error("answered something that is not HTTP: {0:?}")]
+    NotHttp(String),
+}
+
 /// The status code of an HTTP/1.x status line.
-pub fn parse_status_line(buf: &[u8]) -> std::result::Result<u16, String> {
+pub fn parse_status_line(buf: &[u8]) -> std::result::Result<u16, StatusLineError> {
     let text = String::from_utf8_lossy(buf);
     let line = text.lines().next().unwrap_or("");
     let mut words = line.split_whitespace();
@@ -368,11 +379,8 @@ pub fn parse_status_line(buf: &[u8]) -> std::result::Result<u16, String> {
         words.next().and_then(|c| c.parse::<u16>().ok()),
     ) {
         (Some(v), Some(code)) if v.starts_with("HTTP/") && (100..=599).contains(&code) => Ok(code),
-        _ if line.is_empty() => Err("closed the connection without an answer".into()),
-        _ => Err(format!(
-            "answered something that is not HTTP: {:?}",
-            truncate(line, 60)
-        )),
+        _ if line.is_empty() => Err(StatusLineError::Empty),
+        _ => Err(StatusLineError::NotHttp(truncate(line, 60))),
     }
 }
 
@@ -396,11 +404,10 @@ mod tests {
             parse_status_line(b"HTTP/1.1 503 Service Unavailable\r\nX: y"),
             Ok(503)
         );
-        assert!(parse_status_line(b"")
-            .unwrap_err()
-            .contains("without an answer"));
+        assert_eq!(parse_status_line(b""), Err(StatusLineError::Empty));
         assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n")
             .unwrap_err()
+            .to_string()
             .contains("not HTTP"));
         assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
     }

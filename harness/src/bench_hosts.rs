@@ -108,11 +108,12 @@ pub async fn read_hosts(c: &Cluster, node: &str) -> Result<String, HarnessError>
 pub async fn read_file(c: &Cluster, node: &str, path: &str) -> Result<String, HarnessError> {
     let out = c.exec(node, &["cat", path]).await?;
     if out.code != 0 {
-        return Err(HarnessError::Usage(format!(
-            "cat {path} on {node} exited {}: {}",
-            out.code,
-            out.stderr.trim()
-        )));
+        return Err(HarnessError::ExecFailed {
+            container: c.container_name(node)?,
+            command: format!("cat {path}"),
+            code: out.code,
+            stderr: out.stderr.trim().to_string(),
+        });
     }
     Ok(out.stdout)
 }

@@ -4,6 +4,8 @@ use crate::cluster::{self, Cluster, ClusterSpec};
 use crate::images::{ensure_images, ImageOptions};
 use crate::names::{Subnet, DEFAULT_CLUSTER, DEFAULT_SUBNET};
 use clap::{Args, Parser, Subcommand};
+
+mod grade;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,7 +49,7 @@ pub enum Command {
     Bench(BenchCommand),
     /// Grade a submission of the assignment (or clusterlab itself) with a profile: every
     /// scenario once on a fresh cluster; writes report.json and junit.xml.
-    Grade(crate::grade::GradeArgs),
+    Grade(grade::GradeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,7 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::bench_failover::run_failover_cli(a).await?
         }
         Command::Bench(BenchCommand::Proxy(a)) => crate::bench_proxy::run_cli(a).await?,
-        Command::Grade(a) => crate::grade::run_cli(a).await?,
+        Command::Grade(a) => grade::run(a).await?,
         Command::Partition(a) => crate::faults::run_partition_cli(a).await?,
         Command::Heal(a) => crate::faults::run_heal_cli(a).await?,
         Command::Down(a) => {
@@ -215,7 +217,9 @@ pub async fn pick_target(c: &Cluster, target: &str) -> anyhow::Result<String> {
             let st = c.status().await?;
             st.nodes
                 .iter()
-                .find(|n| n.state == "running" && n.etcd_role.as_deref() == Some("follower"))
+                .find(|n| {
+                    n.state.is_running() && n.etcd_role == Some(crate::oracle::Role::Follower)
+                })
                 .map(|n| n.name.clone())
                 .ok_or_else(|| anyhow::anyhow!("no running follower: {}", st.summary()))
         }
@@ -230,9 +234,7 @@ pub async fn pick_target(c: &Cluster, target: &str) -> anyhow::Result<String> {
 }
 
 async fn up(a: UpArgs) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
-    let images = ensure_images(&docker, &a.images.options()).await?;
-    let mut spec = ClusterSpec::new(&a.name, a.nodes as usize, &images.node);
+    let mut spec = ClusterSpec::new(&a.name, a.nodes as usize, "");
     spec.subnet = a.subnet;
     spec.lease_ttl_s = a.lease_ttl;
     spec.gateway = !a.no_gateway;
@@ -250,6 +252,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         spec.env.push((k.into(), v.into()));
     }
     spec.ready_timeout = Duration::from_secs(120);
+    // Bad arguments are refused before anything is built.
+    spec.validate()?;
+    let docker = crate::docker::connect().await?;
+    spec.image = ensure_images(&docker, &a.images.options()).await?.node;
     let c = Cluster::up(&docker, spec).await?;
     let st = c.status().await?;
     println!(
@@ -279,5 +285,6 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         "  harness kill leader | harness status | harness down --name {}",
         c.spec.name
     );
+    c.hand_over();
     Ok(())
 }

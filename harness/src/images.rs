@@ -7,11 +7,11 @@
 //! is Debian, and every node image is smoke-tested (each binary's shared libraries resolve and
 //! `agent --version` runs) before it is used; see README "Images".
 
+use crate::cluster::{ClusterObjects, ContainerRole, ContainerSpec};
 use crate::docker::{ctx, HarnessError, Result};
 use crate::progress::Step;
 use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, CreateImageOptions, LogsOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    BuildImageOptions, CreateImageOptions, LogsOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -163,7 +163,7 @@ pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Image
 
 /// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
 /// made from Debian packages when missing.
-pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String> {
+pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String, HarnessError> {
     if let Some(configured) = &opts.base_image {
         if image_exists(docker, configured).await? {
             return Ok(configured.clone());
@@ -271,10 +271,10 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
             what: "starting tar".into(),
             source,
         })?;
-    let stdout = tar
-        .stdout
-        .take()
-        .ok_or_else(|| HarnessError::Image("tar has no stdout".into()))?;
+    let stdout = tar.stdout.take().ok_or_else(|| HarnessError::Io {
+        what: "reading tar's output".into(),
+        source: std::io::Error::other("tar has no stdout"),
+    })?;
     let body = bollard::body_try_stream(tokio_util_reader(stdout));
     let (repo, tag) = name.split_once(':').unwrap_or((name, "latest"));
     let options = CreateImageOptions {
@@ -296,9 +296,11 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
         source,
     })?;
     if !status.success() {
-        return Err(HarnessError::Image(format!(
-            "tar of the new root failed ({status})"
-        )));
+        return Err(HarnessError::CommandFailed {
+            command: "tar of the new root".into(),
+            status: status.to_string(),
+            output: String::new(),
+        });
     }
     step.done();
     drop(guard);
@@ -362,15 +364,14 @@ fn check_base_prerequisites() -> Result<()> {
     ] {
         let found = which(prog) || Path::new("/usr/sbin").join(prog).is_file();
         if !found {
-            return Err(HarnessError::Image(format!(
-                "{prog} not found: it is needed to make the base image from Debian packages.\n  fix: apt-get install {pkg}   (or load a base image and pass --base-image NAME)"
-            )));
+            return Err(HarnessError::ToolMissing {
+                program: prog,
+                package: pkg,
+            });
         }
     }
     if !nix_is_root() {
-        return Err(HarnessError::Image(
-            "making the base image needs root (debootstrap and chroot).\n  fix: run `sudo harness images` once; later runs reuse the image".into(),
-        ));
+        return Err(HarnessError::NeedsRoot);
     }
     Ok(())
 }
@@ -434,11 +435,11 @@ async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(HarnessError::Image(format!(
-            "{prog} {} failed ({status}); last output:\n{}",
-            args.join(" "),
-            tail.into_iter().collect::<Vec<_>>().join("\n")
-        )))
+        Err(HarnessError::CommandFailed {
+            command: format!("{prog} {}", args.join(" ")),
+            status: status.to_string(),
+            output: tail.into_iter().collect::<Vec<_>>().join("\n"),
+        })
     }
 }
 
@@ -468,10 +469,14 @@ pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
             source,
         })?;
     if !status.success() {
-        return Err(HarnessError::Image(format!(
-            "building the node binaries failed ({status}); run `cargo build --profile {BIN_PROFILE} --bins` in {} to see why",
-            workspace.display()
-        )));
+        return Err(HarnessError::CommandFailed {
+            command: format!("{cargo} build --profile {BIN_PROFILE} --bins"),
+            status: status.to_string(),
+            output: format!(
+                "(shown above; run `cargo build --profile {BIN_PROFILE} --bins` in {} to see it again)",
+                workspace.display()
+            ),
+        });
     }
     step.done();
     Ok(target_dir.join(BIN_PROFILE))
@@ -546,7 +551,11 @@ impl NodeContext {
 }
 
 /// The node image for this tree, built if an image with its content hash is missing.
-pub async fn ensure_node(docker: &Docker, opts: &ImageOptions, base: &str) -> Result<String> {
+pub async fn ensure_node(
+    docker: &Docker,
+    opts: &ImageOptions,
+    base: &str,
+) -> Result<String, HarnessError> {
     let bin_dir = build_binaries(&opts.workspace).await?;
     let context = NodeContext::load(&opts.workspace, &bin_dir)?;
     let base_id = ctx(
@@ -613,7 +622,10 @@ pub async fn build_on_base(
     while let Some(item) = stream.next().await {
         let info = ctx(format!("building {what}"), item)?;
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(HarnessError::Image(format!("building {what}: {detail}")));
+            return Err(HarnessError::ImageBuild {
+                what: what.to_string(),
+                output: detail,
+            });
         }
         if let Some(s) = info.stream {
             let s = s.trim();
@@ -667,37 +679,30 @@ pub async fn prune_node_images(docker: &Docker, current: &str, keep: usize) {
     }
 }
 
-/// Runs `script` in a throw-away container of `image`; returns exit code and output.
+static ONESHOT_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Runs `script` in a throw-away container of `image`; returns exit code and output. The
+/// container is a run-scoped cluster of its own (`clusterlab.cluster=<its name>`, with this
+/// process's id), so `harness down --name <its name>`, an interrupt and the sweep of a later
+/// run all find it.
 pub async fn run_oneshot(docker: &Docker, image: &str, script: &str) -> Result<(i64, String)> {
     let name = format!(
         "clusterlab-oneshot-{}-{}",
         std::process::id(),
-        rand_suffix()
+        ONESHOT_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     );
-    let body = bollard::models::ContainerCreateBody {
-        image: Some(image.into()),
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec![script.into()]),
-        labels: Some(HashMap::from([("clusterlab.oneshot".into(), "1".into())])),
+    let objects = ClusterObjects::new(docker, &name).run_scoped();
+    let spec = ContainerSpec {
+        container: name.clone(),
+        role: ContainerRole::OneShot,
+        image: image.into(),
+        entrypoint: vec!["/bin/sh".into(), "-c".into()],
+        command: vec![script.into()],
         ..Default::default()
     };
-    ctx(
-        format!("creating a check container from {image}"),
-        docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await,
-    )?;
     let result = async {
-        ctx(
-            format!("starting check container {name}"),
-            docker.start_container(&name, None).await,
-        )?;
+        objects.create_container(&spec).await?;
+        objects.start(&name).await?;
         let mut code = 0;
         let mut wait = docker.wait_container(&name, None::<WaitContainerOptions>);
         while let Some(r) = wait.next().await {
@@ -722,24 +727,8 @@ pub async fn run_oneshot(docker: &Docker, image: &str, script: &str) -> Result<(
         Ok((code, out))
     }
     .await;
-    let _ = docker
-        .remove_container(
-            &name,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
+    let _ = objects.remove().await;
     result
-}
-
-fn rand_suffix() -> u32 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
 }
 
 async fn smoke_test(docker: &Docker, image: &str) -> Result<()> {
@@ -752,9 +741,11 @@ async fn smoke_test(docker: &Docker, image: &str) -> Result<()> {
     );
     let (code, out) = run_oneshot(docker, image, &script).await?;
     if code != 0 {
-        return Err(HarnessError::Image(format!(
-            "the workspace binaries do not run in {image} (exit {code}):\n{out}\n  hint: the binaries are built on this host and need a C library at least as new as the host's. Make the base image from the host's Debian release (`harness images --rebuild --suite <codename>`), or see README \"Images\" for hosts of other distributions."
-        )));
+        return Err(HarnessError::SmokeTest {
+            image: image.to_string(),
+            code,
+            output: out,
+        });
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! - [`docker`]: the bollard client (API version negotiated) and the typed errors.
 //! - [`images`]: base image from Debian packages, node image by content hash.
 //! - [`cli`]: the `harness` command line.
-//! - [`cluster`]: up, status, kill, start, exec, down.
+//! - [`cluster`]: spec, the one owner of a cluster's Docker objects, status; up, kill,
+//!   start, exec, down.
 //! - [`faults`]: network partitions (iptables DROP inside the nodes) and healing them.
 //! - [`wait`]: waiting for a condition with a deadline, reporting the last observation.
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test` and by grading).
@@ -16,6 +17,7 @@
 //! - [`grade`]: `harness grade`: profiles, a submission's cluster, scenarios judged from
 //!   outside, report.json and junit.xml.
 //! - [`progress`]: timed step lines and spinners for long steps.
+//! - [`shutdown`]: Ctrl-C/SIGTERM removes what the interrupted run created.
 
 pub mod bench_failover;
 pub mod bench_hosts;
@@ -29,6 +31,7 @@ pub mod images;
 pub mod names;
 pub mod oracle;
 pub mod progress;
+pub mod shutdown;
 pub mod trial;
 pub mod wait;
 

@@ -6,8 +6,13 @@ use std::net::Ipv4Addr;
 pub const LABEL_CLUSTER: &str = "clusterlab.cluster";
 /// Label naming the node a container or volume belongs to.
 pub const LABEL_NODE: &str = "clusterlab.node";
-/// Label telling nodes (`node`) from the gateway (`gateway`).
+/// Label telling nodes (`node`) from the gateway (`gateway`) and one-shot containers
+/// (`oneshot`).
 pub const LABEL_ROLE: &str = "clusterlab.role";
+/// Label on the objects of a run-scoped cluster (a trial's, a grading's, a one-shot
+/// container's): the id of the process that created them and removes them at its end, so a
+/// later run can sweep what a killed process left behind.
+pub const LABEL_PID: &str = "clusterlab.pid";
 /// The default cluster name.
 pub const DEFAULT_CLUSTER: &str = "clusterlab";
 /// The default subnet.
@@ -16,8 +21,32 @@ pub const DEFAULT_SUBNET: &str = "10.77.0.0/24";
 pub const FIRST_NODE_OFFSET: u32 = 10;
 /// Host offset of the gateway container.
 pub const GATEWAY_OFFSET: u32 = 5;
-/// Largest cluster the IP plan and the harness support.
+/// Largest cluster the IP plan and the harness support (node i is at offset 10 + i of a
+/// /24, so a /24 could hold 245; 200 leaves room below the broadcast address).
 pub const MAX_NODES: usize = 200;
+
+/// Why a text is not a subnet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    #[error("subnet {0:?} is not of the form a.b.c.d/len")]
+    Form(String),
+    #[error("subnet {text:?}: {ip:?} is not an IPv4 address")]
+    Address { text: String, ip: String },
+    #[error("subnet {text:?}: prefix {prefix:?} is not a number between /8 and /24")]
+    Prefix { text: String, prefix: String },
+    #[error("subnet {text:?}: {ip} is not the network address (did you mean {base}/{prefix}?)")]
+    NotNetworkAddress {
+        text: String,
+        ip: Ipv4Addr,
+        base: Ipv4Addr,
+        prefix: u8,
+    },
+}
+
+/// A cluster name that cannot prefix Docker object names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster name {0:?} must be 1–40 characters of a-z, 0-9 and '-', starting with a letter or digit")]
+pub struct BadClusterName(pub String);
 
 /// A /24 (or larger) IPv4 subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,28 +62,32 @@ impl std::fmt::Display for Subnet {
 }
 
 impl std::str::FromStr for Subnet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SubnetError;
+    fn from_str(s: &str) -> Result<Self, SubnetError> {
         let (ip, prefix) = s
             .split_once('/')
-            .ok_or_else(|| format!("subnet {s:?} is not of the form a.b.c.d/len"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("subnet {s:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("subnet {s:?}: prefix {prefix:?} is not a number"))?;
+            .ok_or_else(|| SubnetError::Form(s.to_string()))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| SubnetError::Address {
+            text: s.to_string(),
+            ip: ip.to_string(),
+        })?;
+        let bad_prefix = || SubnetError::Prefix {
+            text: s.to_string(),
+            prefix: prefix.to_string(),
+        };
+        let prefix: u8 = prefix.parse().map_err(|_| bad_prefix())?;
         if !(8..=24).contains(&prefix) {
-            return Err(format!(
-                "subnet {s:?}: prefix /{prefix} must be between /8 and /24"
-            ));
+            return Err(bad_prefix());
         }
         let mask = u32::MAX << (32 - prefix);
         let base = Ipv4Addr::from(u32::from(ip) & mask);
         if base != ip {
-            return Err(format!(
-                "subnet {s:?}: {ip} is not the network address (did you mean {base}/{prefix}?)"
-            ));
+            return Err(SubnetError::NotNetworkAddress {
+                text: s.to_string(),
+                ip,
+                base,
+                prefix,
+            });
         }
         Ok(Subnet { base, prefix })
     }
@@ -69,6 +102,37 @@ impl Subnet {
     pub fn bridge_gateway(&self) -> Ipv4Addr {
         self.host(1)
     }
+    /// Number of addresses in the subnet.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix)
+    }
+    /// Whether the two address ranges share any address.
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let range = |s: &Subnet| {
+            let lo = u32::from(s.base) as u64;
+            (lo, lo + s.size())
+        };
+        let (a0, a1) = range(self);
+        let (b0, b1) = range(other);
+        a0 < b1 && b0 < a1
+    }
+}
+
+/// The IPv4 range of a CIDR text as Docker reports a network's subnet; any prefix length
+/// (Docker's own pools are /16 or /20), host bits ignored. `None` for IPv6 or malformed text.
+pub fn parse_cidr(text: &str) -> Option<Subnet> {
+    let (ip, prefix) = text.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    Some(Subnet {
+        base: Ipv4Addr::from(u32::from(ip) & mask),
+        prefix,
+    })
 }
 
 /// Names of one cluster's Docker objects.
@@ -78,7 +142,7 @@ pub struct ClusterNames {
 }
 
 /// Checks a cluster name: it prefixes Docker object names and is etcd's cluster token.
-pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+pub fn validate_cluster_name(name: &str) -> Result<(), BadClusterName> {
     let ok = !name.is_empty()
         && name.len() <= 40
         && name
@@ -88,9 +152,7 @@ pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "cluster name {name:?} must be 1–40 characters of a-z, 0-9 and '-', starting with a letter or digit"
-        ))
+        Err(BadClusterName(name.to_string()))
     }
 }
 
@@ -166,7 +228,14 @@ mod tests {
         assert!("10.77.0.1/24"
             .parse::<Subnet>()
             .unwrap_err()
+            .to_string()
             .contains("10.77.0.0/24"));
+        let a: Subnet = "10.78.5.0/24".parse().unwrap();
+        assert!(a.overlaps(&parse_cidr("10.78.0.0/16").unwrap()));
+        assert!(parse_cidr("10.78.0.0/16").unwrap().overlaps(&a));
+        assert!(!a.overlaps(&"10.78.6.0/24".parse().unwrap()));
+        assert!(!a.overlaps(&parse_cidr("172.17.0.0/16").unwrap()));
+        assert_eq!(parse_cidr("fd00::/64"), None);
         assert!("10.77.0.0".parse::<Subnet>().is_err());
         assert!("10.77.0.0/30".parse::<Subnet>().is_err());
         assert!("x/24".parse::<Subnet>().is_err());

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`profile`]: the grading profile (TOML through figment) and its templates.
-//! - [`runner`]: the submission's image and containers, and the outside probes.
+//! - [`runner`]: the submission's image, its node containers from the profile's templates
+//!   (created through [`crate::cluster::ClusterObjects`]), and the outside probes.
 //! - [`judge`]: hosts tables, etcd's leader and the leader service, judged as plain functions.
 //! - [`scenarios`]: startup, kill_follower, kill_leader.
 //! - [`report`]: report.json, junit.xml and the summary table.
@@ -16,13 +17,13 @@ pub mod report;
 pub mod runner;
 pub mod scenarios;
 
-use crate::docker::{HarnessError, Result};
+use crate::docker::HarnessError;
 use crate::images::ImageOptions;
 use crate::names::Subnet;
 use bollard::Docker;
 use profile::{IpPlan, Profile};
 use report::GradeReport;
-use runner::SubmissionCluster;
+use runner::GradedCluster;
 use scenarios::Scenario;
 use std::path::PathBuf;
 
@@ -62,13 +63,7 @@ pub async fn grade(
     profile: &Profile,
     profile_file: &str,
     opts: &GradeOptions,
-) -> Result<GradeReport> {
-    let image = runner::prepare_image(docker, profile, &opts.images, opts.image.as_deref()).await?;
-    let plan = IpPlan {
-        subnet: opts.subnet.unwrap_or_else(|| profile.subnet()),
-        first_offset: profile.network.first_offset,
-        nodes: profile.nodes,
-    };
+) -> Result<GradeReport, GradeError> {
     let prefix = opts
         .cluster_prefix
         .clone()
@@ -78,13 +73,29 @@ pub async fn grade(
     } else {
         opts.scenarios.clone()
     };
+    // Every cluster name is checked before anything is built.
+    let clusters = scenarios
+        .iter()
+        .map(|s| {
+            let cluster = format!("{prefix}-{}", s.name().replace('_', "-"));
+            crate::names::validate_cluster_name(&cluster)
+                .map(|()| (*s, cluster.clone()))
+                .map_err(|source| GradeError::ClusterName {
+                    cluster,
+                    scenario: s.name(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let image = runner::prepare_image(docker, profile, &opts.images, opts.image.as_deref()).await?;
+    let plan = IpPlan {
+        subnet: opts.subnet.unwrap_or_else(|| profile.subnet()),
+        first_offset: profile.network.first_offset,
+        nodes: profile.nodes,
+    };
     let mut reports = Vec::new();
-    for s in scenarios {
-        let cluster = format!("{prefix}-{}", s.name().replace('_', "-"));
-        crate::names::validate_cluster_name(&cluster).map_err(|e| {
-            HarnessError::Usage(format!("{e} (shorten the profile's name or the prefix)"))
-        })?;
-        let sub = SubmissionCluster::new(docker, profile, &image, &cluster, plan);
+    for (s, cluster) in clusters {
+        let sub = GradedCluster::new(docker, profile, &image, &cluster, plan);
         let step = crate::progress::Step::start(format!(
             "scenario {} on {} nodes of {image}",
             s.name(),
@@ -108,72 +119,70 @@ pub async fn grade(
     ))
 }
 
-/// `harness grade` arguments.
-#[derive(clap::Args, Debug)]
-pub struct GradeArgs {
-    /// The grading profile (default: profiles/clusterlab.toml, which grades clusterlab).
-    #[arg(long)]
-    pub profile: Option<PathBuf>,
-    /// Directory for report.json and junit.xml.
-    #[arg(long, default_value = "grade-report")]
-    pub report: PathBuf,
-    /// Grade this local image instead of the profile's submission.
-    #[arg(long)]
-    pub image: Option<String>,
-    /// Run on this subnet instead of the profile's.
-    #[arg(long)]
-    pub subnet: Option<Subnet>,
-    /// Run only this scenario (repeatable): startup, kill_follower, kill_leader.
-    #[arg(long = "scenario", value_name = "NAME")]
-    pub scenarios: Vec<String>,
-    #[command(flatten)]
-    pub images: crate::cli::ImagesArgs,
+/// Everything `harness grade` can fail with, beyond a scenario that did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum GradeError {
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    #[error("--scenario {name:?}: known scenarios are {known}")]
+    UnknownScenario { name: String, known: String },
+    #[error("cluster name {cluster:?} for scenario {scenario}: {source} (shorten the profile's name or the prefix)")]
+    ClusterName {
+        cluster: String,
+        scenario: &'static str,
+        #[source]
+        source: crate::names::BadClusterName,
+    },
+    #[error("writing the reports into {dir}: {source}")]
+    Reports {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// Runs `harness grade`: reports are written whatever the verdict; the command fails when
-/// any scenario did not pass.
-pub async fn run_cli(a: GradeArgs) -> anyhow::Result<()> {
-    let image_opts = a.images.options();
-    let profile_path = a
-        .profile
-        .clone()
-        .unwrap_or_else(|| image_opts.workspace.join("profiles/clusterlab.toml"));
-    let profile = Profile::load(&profile_path)?;
-    let mut opts = GradeOptions::new(image_opts);
-    opts.image = a.image.clone();
-    opts.subnet = a.subnet;
-    for name in &a.scenarios {
-        let s = Scenario::from_name(name).ok_or_else(|| {
-            let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-            anyhow::anyhow!(
-                "--scenario {name:?}: known scenarios are {}",
-                known.join(", ")
-            )
-        })?;
-        opts.scenarios.push(s);
-    }
+/// A whole `harness grade` run: which profile, where the reports go, and how to run.
+#[derive(Debug, Clone)]
+pub struct GradeRun {
+    pub profile: PathBuf,
+    pub report_dir: PathBuf,
+    pub options: GradeOptions,
+}
+
+/// The scenarios named (as in reports and `--scenario`), in the order given.
+pub fn scenarios_by_name(names: &[String]) -> Result<Vec<Scenario>, GradeError> {
+    names
+        .iter()
+        .map(|name| {
+            Scenario::from_name(name).ok_or_else(|| GradeError::UnknownScenario {
+                name: name.clone(),
+                known: Scenario::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        })
+        .collect()
+}
+
+/// Loads and checks the profile, grades, and writes report.json and junit.xml into the
+/// report directory whatever the verdict. The report says which scenarios did not pass.
+pub async fn run(req: &GradeRun) -> Result<GradeReport, GradeError> {
+    let profile = Profile::load(&req.profile)?;
     let docker = crate::docker::connect().await?;
     let report = grade(
         &docker,
         &profile,
-        &profile_path.display().to_string(),
-        &opts,
+        &req.profile.display().to_string(),
+        &req.options,
     )
     .await?;
-    report::write_reports(&a.report, &report)
-        .map_err(|e| anyhow::anyhow!("writing the reports into {}: {e}", a.report.display()))?;
-    print!("\n{}", report::summary_table(&report));
-    println!(
-        "reports: {} and {}",
-        a.report.join("report.json").display(),
-        a.report.join("junit.xml").display()
-    );
-    if report.failed + report.errors > 0 {
-        anyhow::bail!(
-            "{} of {} scenarios did not pass",
-            report.failed + report.errors,
-            report.scenarios.len()
-        );
-    }
-    Ok(())
+    report::write_reports(&req.report_dir, &report).map_err(|source| GradeError::Reports {
+        dir: req.report_dir.display().to_string(),
+        source,
+    })?;
+    Ok(report)
 }

@@ -257,7 +257,7 @@ impl Profile {
             })
         };
         if let Err(e) = crate::names::validate_cluster_name(&self.name) {
-            return invalid("name", e);
+            return invalid("name", e.to_string());
         }
         if self.name.len() > 20 {
             return invalid(
@@ -291,7 +291,7 @@ impl Profile {
         }
         let subnet = match self.network.subnet.parse::<Subnet>() {
             Ok(s) => s,
-            Err(e) => return invalid("network.subnet", e),
+            Err(e) => return invalid("network.subnet", e.to_string()),
         };
         let room = 1u64 << (32 - subnet.prefix);
         let first = self.network.first_offset as u64;

@@ -5,20 +5,16 @@
 //! probes the judge needs: etcd status from the host, the hosts file by `docker exec`, and
 //! the leader service by a bare HTTP request.
 
-use super::judge::{MemberStatus, NodeRef, ServiceProbe};
+use super::judge::{NodeRef, ServiceProbe};
 use super::profile::{render, ImageSource, IpPlan, Profile};
-use crate::cluster::{create_network, create_volume, exec_in, labels, ExecOutput};
+use crate::cluster::{
+    probe_member, ClusterObjects, ContainerRole, ContainerSpec, ExecOutput, ProbeError, Stopped,
+};
 use crate::docker::{ctx, HarnessError, Result};
 use crate::images::{ensure_base, ensure_images, image_exists, ImageOptions, NodeContext};
-use crate::names::{ClusterNames, LABEL_CLUSTER, LABEL_NODE, LABEL_ROLE};
-use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
-};
-use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
-};
+use crate::names::ClusterNames;
+use crate::oracle::MemberStatus;
 use bollard::Docker;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +31,7 @@ pub async fn prepare_image(
     profile: &Profile,
     opts: &ImageOptions,
     override_image: Option<&str>,
-) -> Result<String> {
+) -> Result<String, HarnessError> {
     let source = match override_image {
         Some(i) => ImageSource::Image(i.to_string()),
         None => profile.image_source(),
@@ -45,9 +41,7 @@ pub async fn prepare_image(
             if image_exists(docker, &name).await? {
                 Ok(name)
             } else {
-                Err(HarnessError::Image(format!(
-                    "image {name} is not present locally and nothing can be pulled here; load it with `docker load` or give the submission's Dockerfile directory as `build`"
-                )))
+                Err(HarnessError::ImageMissing { image: name })
             }
         }
         ImageSource::Build(dir) => {
@@ -104,12 +98,11 @@ pub async fn build_dir_image(
     dir: &Path,
     base: &str,
     label: &str,
-) -> Result<String> {
+) -> Result<String, HarnessError> {
     if !dir.join("Dockerfile").is_file() {
-        return Err(HarnessError::Usage(format!(
-            "{} has no Dockerfile (the profile's submission.build must name a directory holding one)",
-            dir.display()
-        )));
+        return Err(HarnessError::NoDockerfile {
+            dir: dir.display().to_string(),
+        });
     }
     let context = NodeContext {
         files: read_context_dir(dir)?,
@@ -136,17 +129,19 @@ pub async fn build_dir_image(
     Ok(tag)
 }
 
-/// A cluster of a submission's containers.
+/// One scenario's cluster of a submission's containers: the profile, its IP plan and image,
+/// and the owner of the cluster's Docker objects (the same owner, names and labels as
+/// `harness up`, so `harness down` removes a graded cluster too). Run-scoped: a later run
+/// sweeps it if this process dies before removing it.
 #[derive(Debug, Clone)]
-pub struct SubmissionCluster {
-    pub docker: Docker,
+pub struct GradedCluster {
     pub profile: Profile,
     pub image: String,
-    pub names: ClusterNames,
     pub plan: IpPlan,
+    pub objects: ClusterObjects,
 }
 
-impl SubmissionCluster {
+impl GradedCluster {
     /// A handle; nothing is created yet.
     pub fn new(
         docker: &Docker,
@@ -155,13 +150,16 @@ impl SubmissionCluster {
         cluster: &str,
         plan: IpPlan,
     ) -> Self {
-        SubmissionCluster {
-            docker: docker.clone(),
+        GradedCluster {
             profile: profile.clone(),
             image: image.to_string(),
-            names: ClusterNames::new(cluster),
             plan,
+            objects: ClusterObjects::new(docker, cluster).run_scoped(),
         }
+    }
+
+    pub fn names(&self) -> &ClusterNames {
+        &self.objects.names
     }
 
     /// Node `i` as the judge sees it.
@@ -177,209 +175,125 @@ impl SubmissionCluster {
         (0..self.plan.nodes).map(|i| self.node(i)).collect()
     }
 
-    fn index_of(&self, node: &NodeRef) -> Result<usize> {
+    /// The container of a node.
+    pub fn container(&self, node: &NodeRef) -> Result<String, HarnessError> {
         ClusterNames::node_index(&node.name)
             .filter(|i| *i < self.plan.nodes)
-            .ok_or_else(|| {
-                HarnessError::Usage(format!("no node {} in {}", node.name, self.names.cluster))
+            .map(|i| self.names().node_container(i))
+            .ok_or_else(|| HarnessError::UnknownNode {
+                cluster: self.names().cluster.clone(),
+                node: node.name.clone(),
+                known: self
+                    .nodes()
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
     /// Creates the network, the shared volume, per-node volumes (when the profile mounts
     /// one) and the containers, then starts every container.
     pub async fn up(&self) -> Result<()> {
-        let d = &self.docker;
-        let n = &self.names;
-        let cl = n.cluster.as_str();
-        let subnet = self.plan.subnet;
-        create_network(
-            d,
-            &n.network(),
-            subnet,
-            labels(&[(LABEL_CLUSTER, cl), (LABEL_GRADE, &self.profile.name)]),
-        )
-        .await?;
-        create_volume(d, &n.shared_volume(), labels(&[(LABEL_CLUSTER, cl)])).await?;
-        for i in 0..self.plan.nodes {
-            if !self.profile.node.data_mount.is_empty() {
-                let node = ClusterNames::node_name(i);
-                let node_labels = labels(&[(LABEL_CLUSTER, cl), (LABEL_NODE, &node)]);
-                create_volume(d, &n.node_volume(i), node_labels).await?;
-            }
-            self.create_node(i).await?;
+        let n = self.names();
+        let mut volumes = vec![(n.shared_volume(), None)];
+        if !self.profile.node.data_mount.is_empty() {
+            volumes.extend(
+                (0..self.plan.nodes).map(|i| (n.node_volume(i), Some(ClusterNames::node_name(i)))),
+            );
         }
-        for i in 0..self.plan.nodes {
-            let c = n.node_container(i);
-            ctx(format!("starting {c}"), d.start_container(&c, None).await)?;
-        }
-        Ok(())
+        let containers = (0..self.plan.nodes)
+            .map(|i| self.node_container(i))
+            .collect::<Result<Vec<_>>>()?;
+        self.objects
+            .create_all(
+                self.plan.subnet,
+                &[(LABEL_GRADE, self.profile.name.clone())],
+                &volumes,
+                &containers,
+            )
+            .await
     }
 
-    /// The container body of node `i`, from the profile's templates.
-    pub fn node_body(&self, i: usize) -> Result<ContainerCreateBody> {
+    /// The container of node `i`, from the profile's templates.
+    pub fn node_container(&self, i: usize) -> Result<ContainerSpec> {
         let t = &self.profile.node;
-        let n = &self.names;
+        let n = self.names();
+        let node = ClusterNames::node_name(i);
         let vars = self.plan.node_vars(i, &n.cluster);
-        let fill = |list: &[String]| -> Result<Vec<String>> {
-            list.iter()
-                .map(|s| render(s, &vars).map_err(HarnessError::Usage))
-                .collect()
+        let fill = |field: &str, template: &str| {
+            render(template, &vars).map_err(|reason| HarnessError::Template {
+                field: field.to_string(),
+                node: node.clone(),
+                reason,
+            })
         };
-        let command = fill(&t.command)?;
-        let entrypoint = fill(&t.entrypoint)?;
+        let fill_all = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|s| fill(field, s))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let mut env = Vec::new();
         for (k, v) in &t.env {
-            env.push(format!(
-                "{k}={}",
-                render(v, &vars).map_err(HarnessError::Usage)?
-            ));
+            env.push(format!("{k}={}", fill(&format!("node.env.{k}"), v)?));
         }
-        let mut binds = vec![format!("{}:{}", n.shared_volume(), t.shared_mount)];
+        let mut mounts = vec![(n.shared_volume(), t.shared_mount.clone())];
         if !t.data_mount.is_empty() {
-            binds.push(format!("{}:{}", n.node_volume(i), t.data_mount));
+            mounts.push((n.node_volume(i), t.data_mount.clone()));
         }
-        let node = ClusterNames::node_name(i);
-        Ok(ContainerCreateBody {
-            image: Some(self.image.clone()),
+        Ok(ContainerSpec {
+            container: n.node_container(i),
+            role: ContainerRole::Node,
+            node: Some(node.clone()),
+            image: self.image.clone(),
             hostname: Some(node.clone()),
-            cmd: (!command.is_empty()).then_some(command),
-            entrypoint: (!entrypoint.is_empty()).then_some(entrypoint),
-            env: (!env.is_empty()).then_some(env),
-            labels: Some(labels(&[
-                (LABEL_CLUSTER, &n.cluster),
-                (LABEL_NODE, &node),
-                (LABEL_ROLE, "node"),
-            ])),
-            stop_timeout: Some(5),
-            host_config: Some(HostConfig {
-                init: Some(true),
-                binds: Some(binds),
-                cap_add: (!t.cap_add.is_empty()).then(|| t.cap_add.clone()),
-                network_mode: Some(n.network()),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    n.network(),
-                    EndpointSettings {
-                        ipam_config: Some(EndpointIpamConfig {
-                            ipv4_address: Some(self.plan.node_ip(i).to_string()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                )])),
-            }),
+            command: fill_all("node.command", &t.command)?,
+            entrypoint: fill_all("node.entrypoint", &t.entrypoint)?,
+            env,
+            mounts,
+            cap_add: t.cap_add.clone(),
+            ip: Some(self.plan.node_ip(i)),
+            stop_timeout_s: Some(5),
+            init: true,
             ..Default::default()
         })
     }
 
-    async fn create_node(&self, i: usize) -> Result<()> {
-        let body = self.node_body(i)?;
-        let c = self.names.node_container(i);
-        ctx(
-            format!("creating container {c} from {}", self.image),
-            self.docker
-                .create_container(
-                    Some(CreateContainerOptions {
-                        name: Some(c.clone()),
-                        ..Default::default()
-                    }),
-                    body,
-                )
-                .await,
-        )?;
-        Ok(())
-    }
-
     /// SIGKILLs a node's container.
     pub async fn kill(&self, node: &NodeRef) -> Result<()> {
-        let c = self.names.node_container(self.index_of(node)?);
-        ctx(
-            format!("killing {c}"),
-            self.docker
-                .kill_container(
-                    &c,
-                    Some(KillContainerOptions {
-                        signal: "SIGKILL".into(),
-                    }),
-                )
-                .await,
-        )
+        self.objects.kill(&self.container(node)?).await
     }
 
     /// Runs a command in a node.
     pub async fn exec(&self, node: &NodeRef, cmd: &[&str]) -> Result<ExecOutput> {
-        let c = self.names.node_container(self.index_of(node)?);
-        exec_in(&self.docker, &c, cmd).await
+        self.objects.exec(&self.container(node)?, cmd).await
     }
 
-    /// `None` when the node's container runs, else what Docker says about it (state, exit
-    /// code).
-    pub async fn not_running(&self, node: &NodeRef) -> Result<Option<String>> {
-        let c = self.names.node_container(self.index_of(node)?);
-        let info = ctx(
-            format!("inspecting {c}"),
-            self.docker
-                .inspect_container(&c, None::<InspectContainerOptions>)
-                .await,
-        )?;
-        let st = info.state.unwrap_or_default();
-        if st.running == Some(true) {
-            return Ok(None);
-        }
-        Ok(Some(format!(
-            "its container {c} is {} (exit code {}){}",
-            st.status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "not running".into()),
-            st.exit_code.unwrap_or(-1),
-            st.error
-                .filter(|e| !e.is_empty())
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        )))
+    /// `None` when the node's container runs, else what Docker says about it.
+    pub async fn not_running(&self, node: &NodeRef) -> Result<Option<Stopped>> {
+        self.objects.not_running(&self.container(node)?).await
     }
 
-    /// The hosts file of a node as text, or why it could not be read.
-    pub async fn read_hosts(&self, node: &NodeRef) -> std::result::Result<String, String> {
+    /// The hosts file of a node as text.
+    pub async fn read_hosts(&self, node: &NodeRef) -> Result<String, HarnessError> {
         let file = self.profile.judge.hosts_file.as_str();
-        match self.exec(node, &["cat", file]).await {
-            Ok(out) if out.code == 0 => Ok(out.stdout),
-            Ok(out) => Err(format!(
-                "cat {file} exited {}: {}",
-                out.code,
-                out.stderr.trim()
-            )),
-            Err(e) => Err(e.to_string()),
+        let out = self.exec(node, &["cat", file]).await?;
+        if out.code == 0 {
+            Ok(out.stdout)
+        } else {
+            Err(HarnessError::ExecFailed {
+                container: self.container(node)?,
+                command: format!("cat {file}"),
+                code: out.code,
+                stderr: out.stderr.trim().to_string(),
+            })
         }
     }
 
     /// What a node's etcd member says about itself, asked from the host.
-    pub async fn member_status(&self, node: &NodeRef) -> std::result::Result<MemberStatus, String> {
+    pub async fn member_status(&self, node: &NodeRef) -> Result<MemberStatus, ProbeError> {
         let endpoint = format!("http://{}:{}", node.ip, self.profile.judge.etcd_client_port);
-        let fut = async {
-            let mut client = agent::etcd::connect(&endpoint)
-                .await
-                .map_err(|e| format!("etcd at {endpoint} unreachable: {e}"))?;
-            let st = client
-                .status()
-                .await
-                .map_err(|e| format!("etcd status from {endpoint}: {e}"))?;
-            let member_id = st
-                .header()
-                .map(|h| h.member_id())
-                .ok_or_else(|| format!("etcd at {endpoint} sent no header"))?;
-            Ok(MemberStatus {
-                member_id,
-                leader_id: st.leader(),
-                term: st.raft_term(),
-            })
-        };
-        match tokio::time::timeout(Duration::from_secs(2), fut).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("etcd at {endpoint} did not answer within 2 s")),
-        }
+        probe_member(&endpoint, false).await.map(|p| p.status)
     }
 
     /// Asks a node's leader-service port for the profile's path.
@@ -394,20 +308,15 @@ impl SubmissionCluster {
 
     /// The last `lines` lines of every node's output.
     pub async fn logs_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for i in 0..self.plan.nodes {
-            let c = self.names.node_container(i);
-            let text = crate::cluster::logs_tail(&self.docker, &c, lines).await;
-            if !text.is_empty() {
-                out.push_str(&format!("[{c}]\n{}\n", text.trim_end()));
-            }
-        }
-        out
+        let containers: Vec<String> = (0..self.plan.nodes)
+            .map(|i| self.names().node_container(i))
+            .collect();
+        self.objects.logs_tails(&containers, lines).await
     }
 
     /// Removes every object of this cluster (by label, like `harness down`).
     pub async fn down(&self) -> Result<usize> {
-        crate::cluster::down(&self.docker, &self.names.cluster).await
+        self.objects.remove().await
     }
 }
 
@@ -435,7 +344,7 @@ pub async fn http_status(addr: &str, path: &str, timeout: Duration) -> ServicePr
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        parse_status_line(&buf)
+        parse_status_line(&buf).map_err(|e| e.to_string())
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(code)) => ServiceProbe::Http(code),
@@ -451,8 +360,17 @@ fn connect_error(e: &std::io::Error) -> String {
     }
 }
 
+/// Why an answer has no HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusLineError {
+    #[error("closed the connection without an answer")]
+    Empty,
+    #[error("answered something that is not HTTP: {0:?}")]
+    NotHttp(String),
+}
+
 /// The status code of an HTTP/1.x status line.
-pub fn parse_status_line(buf: &[u8]) -> std::result::Result<u16, String> {
+pub fn parse_status_line(buf: &[u8]) -> std::result::Result<u16, StatusLineError> {
     let text = String::from_utf8_lossy(buf);
     let line = text.lines().next().unwrap_or("");
     let mut words = line.split_whitespace();
@@ -461,11 +379,8 @@ pub fn parse_status_line(buf: &[u8]) -> std::result::Result<u16, String> {
         words.next().and_then(|c| c.parse::<u16>().ok()),
     ) {
         (Some(v), Some(code)) if v.starts_with("HTTP/") && (100..=599).contains(&code) => Ok(code),
-        _ if line.is_empty() => Err("closed the connection without an answer".into()),
-        _ => Err(format!(
-            "answered something that is not HTTP: {:?}",
-            truncate(line, 60)
-        )),
+        _ if line.is_empty() => Err(StatusLineError::Empty),
+        _ => Err(StatusLineError::NotHttp(truncate(line, 60))),
     }
 }
 
@@ -480,6 +395,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{LABEL_CLUSTER, LABEL_NODE, LABEL_PID};
 
     #[test]
     fn status_lines() {
@@ -488,11 +404,10 @@ mod tests {
             parse_status_line(b"HTTP/1.1 503 Service Unavailable\r\nX: y"),
             Ok(503)
         );
-        assert!(parse_status_line(b"")
-            .unwrap_err()
-            .contains("without an answer"));
+        assert_eq!(parse_status_line(b""), Err(StatusLineError::Empty));
         assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n")
             .unwrap_err()
+            .to_string()
             .contains("not HTTP"));
         assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
     }
@@ -552,8 +467,9 @@ mod tests {
             first_offset: 20,
             nodes: 3,
         };
-        let c = SubmissionCluster::new(&docker, &p, "img", "g-fx", plan);
-        let b = c.node_body(1).unwrap();
+        let c = GradedCluster::new(&docker, &p, "img", "g-fx", plan);
+        let spec = c.node_container(1).unwrap();
+        let b = spec.body(&c.names().network(), c.objects.labels(&[]));
         assert_eq!(b.cmd.unwrap(), ["python3", "d.py", "10.79.1.21", "3"]);
         assert_eq!(b.entrypoint, None);
         assert_eq!(
@@ -566,8 +482,23 @@ mod tests {
             hc.binds.unwrap(),
             ["g-fx-shared:/mnt", "g-fx-node1-data:/data"]
         );
+        assert_eq!(hc.network_mode.as_deref(), Some("g-fx-net"));
         let labels = b.labels.unwrap();
         assert_eq!(labels[LABEL_CLUSTER], "g-fx");
         assert_eq!(labels[LABEL_NODE], "node1");
+        assert_eq!(labels[LABEL_PID], std::process::id().to_string());
+        let ep = b.networking_config.unwrap().endpoints_config.unwrap();
+        let ip = ep["g-fx-net"]
+            .ipam_config
+            .as_ref()
+            .unwrap()
+            .ipv4_address
+            .clone();
+        assert_eq!(ip.as_deref(), Some("10.79.1.21"));
+        // A template naming an unknown variable is refused with the field and node.
+        p.node.command = vec!["{nope}".into()];
+        let c = GradedCluster::new(&docker, &p, "img", "g-fx", plan);
+        let e = c.node_container(0).unwrap_err().to_string();
+        assert!(e.contains("node.command") && e.contains("node0"), "{e}");
     }
 }

@@ -4,13 +4,14 @@
 //! how long the submission took; a failed wait's reason says what was still wrong.
 
 use super::judge::{
-    judge_hosts, judge_service, parse_host_lines, raft_leader, summarize, DeadNode, HostLine,
-    HostsProblem, NodeRef,
+    judge_hosts, judge_service, parse_host_lines, summarize, DeadNode, HostLine, HostsProblem,
+    NodeRef,
 };
 use super::profile::{render, Profile};
 use super::report::{CheckReport, ScenarioReport, Status};
-use super::runner::SubmissionCluster;
+use super::runner::GradedCluster;
 use crate::docker::HarnessError;
+use crate::oracle::raft_leader;
 use crate::wait::wait_for;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -18,6 +19,29 @@ use std::time::{Duration, Instant};
 
 /// Most problems named in one reason.
 const MAX_PROBLEMS: usize = 4;
+
+/// Why a check did not pass, in the words the report gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Self {
+        Failed(reason)
+    }
+}
+
+/// Waits take their observations' reasons as text.
+impl From<Failed> for String {
+    fn from(f: Failed) -> Self {
+        f.0
+    }
+}
 
 /// The scenarios, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +95,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    fn check(&mut self, name: &str, outcome: Result<f64, String>) -> bool {
+    fn check(&mut self, name: &str, outcome: Result<f64, Failed>) -> bool {
         let passed = outcome.is_ok();
         self.checks.push(CheckReport {
             name: name.into(),
             passed,
-            reason: outcome.as_ref().err().cloned(),
+            reason: outcome.as_ref().err().map(|f| f.0.clone()),
             seconds: outcome.ok().map(round),
         });
         passed
@@ -99,7 +123,7 @@ struct Since {
 
 /// Runs one scenario against a fresh cluster and always removes it afterwards.
 pub async fn run_scenario(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     scenario: Scenario,
     log_lines: usize,
 ) -> ScenarioReport {
@@ -122,10 +146,10 @@ pub async fn run_scenario(
             Err(_) => {
                 rec.check(
                     "scenario_time",
-                    Err(format!(
+                    Err(Failed(format!(
                         "the scenario did not finish within {} s (limits.scenario_s)",
                         limit.as_secs()
-                    )),
+                    ))),
                 );
                 Ok(())
             }
@@ -158,7 +182,7 @@ pub async fn run_scenario(
     };
     if let Err(e) = sub.down().await {
         rec.notes
-            .push(format!("warning: removing {}: {e}", sub.names.cluster));
+            .push(format!("warning: removing {}: {e}", sub.names().cluster));
     }
     ScenarioReport {
         name: scenario.name().into(),
@@ -174,11 +198,7 @@ pub async fn run_scenario(
     }
 }
 
-async fn startup(
-    sub: &SubmissionCluster,
-    rec: &mut Recorder,
-    t0: Instant,
-) -> Result<(), HarnessError> {
+async fn startup(sub: &GradedCluster, rec: &mut Recorder, t0: Instant) -> Result<(), HarnessError> {
     let p = &sub.profile;
     let all = sub.nodes();
     let since = Since {
@@ -204,7 +224,7 @@ async fn startup(
 }
 
 async fn kill(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     rec: &mut Recorder,
     t0: Instant,
     leader: bool,
@@ -224,7 +244,7 @@ async fn kill(
     let before = match (hosts.result, svc) {
         (Ok(h), Ok(_)) => Ok(h),
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
-        (Err(h), Err(s)) => Err(format!("{h}; {s}")),
+        (Err(h), Err(s)) => Err(Failed(format!("{h}; {s}"))),
     };
     let before = match before {
         Ok(h) => {
@@ -235,7 +255,9 @@ async fn kill(
         Err(e) => {
             rec.check(
                 "before_fault",
-                Err(format!("the cluster was never right before the fault: {e}")),
+                Err(Failed(format!(
+                    "the cluster was never right before the fault: {e}"
+                ))),
             );
             return Ok(());
         }
@@ -299,12 +321,12 @@ async fn kill(
 /// every table and the tables are right within `limits.dead_node_s`. Returns the figures
 /// measured and the check's outcome.
 async fn hosts_after_kill(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     survivors: &[NodeRef],
     victim: &NodeRef,
     killed: Instant,
     leader: bool,
-) -> (Vec<(&'static str, f64)>, Result<f64, String>) {
+) -> (Vec<(&'static str, f64)>, Result<f64, Failed>) {
     let p = &sub.profile;
     let mut figures = Vec::new();
     let since = Since {
@@ -374,39 +396,44 @@ struct HostsOk {
 /// point until no table listed them any more — recorded even when the wait failed for
 /// another reason.
 struct HostsWait {
-    result: Result<HostsOk, String>,
+    result: Result<HostsOk, Failed>,
     gone_s: Option<f64>,
 }
 
 /// One look at the cluster: etcd's leader and every live node's host lines.
 struct HostsLook {
-    leader: Result<NodeRef, String>,
-    tables: Vec<(NodeRef, Result<Vec<HostLine>, String>)>,
+    leader: Result<NodeRef, Failed>,
+    tables: Vec<(NodeRef, Result<Vec<HostLine>, Failed>)>,
 }
 
-async fn look_hosts(sub: &SubmissionCluster, live: &[NodeRef]) -> HostsLook {
+async fn look_hosts(sub: &GradedCluster, live: &[NodeRef]) -> HostsLook {
     let leader = etcd_leader(sub, live).await;
     let reads = live.iter().map(|n| async move {
         (
             n.clone(),
-            sub.read_hosts(n).await.map(|t| parse_host_lines(&t)),
+            sub.read_hosts(n)
+                .await
+                .map(|t| parse_host_lines(&t))
+                .map_err(|e| Failed(e.to_string())),
         )
     });
     let tables = futures::future::join_all(reads).await;
     HostsLook { leader, tables }
 }
 
-async fn etcd_leader(sub: &SubmissionCluster, live: &[NodeRef]) -> Result<NodeRef, String> {
+async fn etcd_leader(sub: &GradedCluster, live: &[NodeRef]) -> Result<NodeRef, Failed> {
     let probes = live
         .iter()
         .map(|n| async move { (n.clone(), sub.member_status(n).await) });
     let probes = futures::future::join_all(probes).await;
     raft_leader(&probes)
+        .cloned()
+        .map_err(|e| Failed(e.to_string()))
 }
 
 /// Fails at once (instead of waiting out the limit) when a node that should live has
 /// stopped: nothing the submission does later can bring it back.
-async fn stopped_nodes(sub: &SubmissionCluster, live: &[NodeRef]) -> Option<String> {
+async fn stopped_nodes(sub: &GradedCluster, live: &[NodeRef]) -> Option<String> {
     let mut stopped = Vec::new();
     for n in live {
         match sub.not_running(n).await {
@@ -428,7 +455,7 @@ type Accept<'a> = &'a (dyn Fn(&[HostsProblem]) -> bool + Sync);
 /// Waits until every live node's hosts table is right (or, with `accept`, until the
 /// problems left are acceptable), at most `limit` after `since`.
 async fn wait_hosts(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     live: &[NodeRef],
     dead: &[(NodeRef, Instant)],
     since: Since,
@@ -449,8 +476,8 @@ async fn wait_hosts(
         let leader = match look.leader {
             Ok(l) => l,
             Err(e) => {
-                *last_problems.lock().unwrap_or_else(|e| e.into_inner()) = vec![e.clone()];
-                return Err(e);
+                *last_problems.lock().unwrap_or_else(|e| e.into_inner()) = vec![e.to_string()];
+                return Err(e.0);
             }
         };
         let dead_now: Vec<DeadNode> = dead
@@ -469,7 +496,7 @@ async fn wait_hosts(
                 Err(error) => problems.push(HostsProblem::Unreadable {
                     on: on.to_string(),
                     file: file.clone(),
-                    error: error.clone(),
+                    error: error.to_string(),
                 }),
             }
         }
@@ -518,17 +545,20 @@ async fn wait_hosts(
             ))
         }
     };
-    HostsWait { result, gone_s }
+    HostsWait {
+        result: result.map_err(Failed),
+        gone_s,
+    }
 }
 
 /// Waits until etcd's survivors agree on a leader other than the killed one.
 async fn wait_new_leader(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     survivors: &[NodeRef],
     old: &NodeRef,
     killed: Instant,
     limit: Duration,
-) -> Result<f64, String> {
+) -> Result<f64, Failed> {
     let r = wait_for(
         "a new etcd leader",
         limit.saturating_sub(killed.elapsed()),
@@ -537,29 +567,29 @@ async fn wait_new_leader(
             match etcd_leader(sub, survivors).await {
                 Ok(l) if l != *old => Ok(killed.elapsed().as_secs_f64()),
                 Ok(l) => Err(format!("etcd still reports {l} as leader")),
-                Err(e) => Err(e),
+                Err(e) => Err(e.0),
             }
         },
     )
     .await;
     r.map(|(s, _)| s).map_err(|e| {
-        format!(
+        Failed(format!(
             "etcd elected no new leader among the survivors {:.1} s after the leader was killed; allowed {} s (limits.leader_change_s); last seen: {}",
             killed.elapsed().as_secs_f64(),
             limit.as_secs(),
             e.last
-        )
+        ))
     })
 }
 
 /// Waits until the leader service answers on etcd's leader and on no other live node.
 async fn wait_service(
-    sub: &SubmissionCluster,
+    sub: &GradedCluster,
     live: &[NodeRef],
     since: Since,
     limit: Duration,
     limit_key: &str,
-) -> Result<f64, String> {
+) -> Result<f64, Failed> {
     let port = sub.profile.judge.service_port;
     let r = wait_for(
         "the leader service on the leader only",
@@ -583,7 +613,7 @@ async fn wait_service(
         },
     )
     .await;
-    match r {
+    let outcome = match r {
         Ok((Ok(s), _)) => Ok(s),
         Ok((Err(fatal), _)) => Err(fatal),
         Err(e) => Err(format!(
@@ -593,12 +623,13 @@ async fn wait_service(
             since.what,
             limit.as_secs()
         )),
-    }
+    };
+    outcome.map_err(Failed)
 }
 
 /// Runs the profile's SSH command from every live node to every other, retrying the
 /// failed pairs until all succeed or `limits.ssh_s` is over.
-async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]) {
+async fn check_ssh(sub: &GradedCluster, rec: &mut Recorder, live: &[NodeRef]) {
     let p = &sub.profile;
     let limit = Duration::from_secs(p.limits.ssh_s);
     let pairs: Vec<(NodeRef, NodeRef)> = live
@@ -625,7 +656,7 @@ async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]
             let mut reasons = Vec::new();
             for (a, b) in todo {
                 if let Err(why) = ssh_once(sub, &a, &b).await {
-                    reasons.push(why);
+                    reasons.push(why.0);
                     failed.push((a, b));
                 }
             }
@@ -657,11 +688,11 @@ async fn check_ssh(sub: &SubmissionCluster, rec: &mut Recorder, live: &[NodeRef]
     if let Ok(s) = &outcome {
         rec.figure("ssh_all_pairs_s", *s);
     }
-    rec.check("ssh", outcome);
+    rec.check("ssh", outcome.map_err(Failed));
 }
 
 /// One SSH attempt from `a` to `b` with the profile's command.
-async fn ssh_once(sub: &SubmissionCluster, a: &NodeRef, b: &NodeRef) -> Result<(), String> {
+async fn ssh_once(sub: &GradedCluster, a: &NodeRef, b: &NodeRef) -> Result<(), Failed> {
     let p: &Profile = &sub.profile;
     let idx = |n: &NodeRef| {
         crate::names::ClusterNames::node_index(&n.name)
@@ -682,12 +713,12 @@ async fn ssh_once(sub: &SubmissionCluster, a: &NodeRef, b: &NodeRef) -> Result<(
     let limit = Duration::from_secs(p.limits.ssh_command_s);
     let out = match tokio::time::timeout(limit, sub.exec(a, &["sh", "-c", &cmd])).await {
         Err(_) => {
-            return Err(format!(
+            return Err(Failed(format!(
             "ssh from {a} to {b} did not finish within {} s (limits.ssh_command_s); command: {cmd}",
             limit.as_secs()
-        ))
+        )))
         }
-        Ok(Err(e)) => return Err(format!("ssh from {a} to {b}: {e}")),
+        Ok(Err(e)) => return Err(Failed(format!("ssh from {a} to {b}: {e}"))),
         Ok(Ok(out)) => out,
     };
     let said = |s: &str| {
@@ -699,17 +730,17 @@ async fn ssh_once(sub: &SubmissionCluster, a: &NodeRef, b: &NodeRef) -> Result<(
         }
     };
     if out.code != 0 {
-        return Err(format!(
+        return Err(Failed(format!(
             "ssh from {a} to {b} failed (exit {}): {}; command: {cmd}",
             out.code,
             said(&out.stderr)
-        ));
+        )));
     }
     if !expect.is_empty() && !out.stdout.contains(&expect) {
-        return Err(format!(
+        return Err(Failed(format!(
             "ssh from {a} to {b} printed {:?}, expected it to contain {expect:?} (judge.ssh_expect); command: {cmd}",
             said(&out.stdout)
-        ));
+        )));
     }
     Ok(())
 }

@@ -56,7 +56,9 @@ fn agreed_leader(st: &ClusterStatus, among: &[String]) -> Result<(String, u64), 
                 format!(
                     "{}[{} term={} leader={}]",
                     n.name,
-                    n.etcd_role.as_deref().unwrap_or("unreachable"),
+                    n.etcd_role
+                        .map(|r| r.to_string())
+                        .unwrap_or("unreachable".into()),
                     n.raft_term.map(|t| t.to_string()).unwrap_or("-".into()),
                     n.raft_leader.as_deref().unwrap_or("-")
                 )
@@ -66,7 +68,7 @@ fn agreed_leader(st: &ClusterStatus, among: &[String]) -> Result<(String, u64), 
     };
     let leaders: Vec<_> = nodes
         .iter()
-        .filter(|n| n.etcd_role.as_deref() == Some("leader"))
+        .filter(|n| n.etcd_role == Some(harness::oracle::Role::Leader))
         .collect();
     let [leader] = leaders.as_slice() else {
         return Err(fail(&format!("{} self-reported leaders", leaders.len())));
@@ -403,9 +405,9 @@ async fn raft_partition(c: Cluster) -> anyhow::Result<()> {
         .nodes
         .iter()
         .find(|n| n.name == b)
-        .and_then(|n| n.etcd_role.clone());
+        .and_then(|n| n.etcd_role);
     ensure!(
-        b_role.as_deref() == Some("follower"),
+        b_role == Some(harness::oracle::Role::Follower),
         "old leader {b} reports {b_role:?} after the heal"
     );
     println!(

@@ -127,11 +127,10 @@ async fn leader_service_exclusive(c: Cluster) -> anyhow::Result<()> {
             let who = sample().await?;
             let st = c.status().await?;
             // Its old key may outlive it for a lease TTL: ask for its etcd member instead.
-            let back = st.nodes.iter().all(|n| n.state == "running" && n.has_key)
-                && st
-                    .nodes
-                    .iter()
-                    .any(|n| n.name == leader && n.etcd_role.as_deref() == Some("follower"));
+            let back = st.nodes.iter().all(|n| n.state.is_running() && n.has_key)
+                && st.nodes.iter().any(|n| {
+                    n.name == leader && n.etcd_role == Some(harness::oracle::Role::Follower)
+                });
             if back {
                 ensure!(
                     who.as_ref().map(|(n, _)| n.as_str()) == st.etcd_leader.as_deref(),

@@ -5,12 +5,13 @@
 //! probes the judge needs: etcd status from the host, the hosts file by `docker exec`, and
 //! the leader service by a bare HTTP request.
 
-use super::judge::{MemberStatus, NodeRef, ServiceProbe};
+use super::judge::{NodeRef, ServiceProbe};
 use super::profile::{render, ImageSource, IpPlan, Profile};
 use crate::cluster::{create_network, create_volume, exec_in, labels, ExecOutput};
 use crate::docker::{ctx, HarnessError, Result};
 use crate::images::{ensure_base, ensure_images, image_exists, ImageOptions, NodeContext};
 use crate::names::{ClusterNames, LABEL_CLUSTER, LABEL_NODE, LABEL_ROLE};
+use crate::oracle::MemberStatus;
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
 };
@@ -222,7 +223,7 @@ impl SubmissionCluster {
         let vars = self.plan.node_vars(i, &n.cluster);
         let fill = |list: &[String]| -> Result<Vec<String>> {
             list.iter()
-                .map(|s| render(s, &vars).map_err(HarnessError::Usage))
+                .map(|s| render(s, &vars).map_err(|e| HarnessError::Usage(e.to_string())))
                 .collect()
         };
         let command = fill(&t.command)?;
@@ -231,7 +232,7 @@ impl SubmissionCluster {
         for (k, v) in &t.env {
             env.push(format!(
                 "{k}={}",
-                render(v, &vars).map_err(HarnessError::Usage)?
+                render(v, &vars).map_err(|e| HarnessError::Usage(e.to_string()))?
             ));
         }
         let mut binds = vec![format!("{}:{}", n.shared_volume(), t.shared_mount)];

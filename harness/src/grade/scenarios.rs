@@ -4,13 +4,14 @@
 //! how long the submission took; a failed wait's reason says what was still wrong.
 
 use super::judge::{
-    judge_hosts, judge_service, parse_host_lines, raft_leader, summarize, DeadNode, HostLine,
-    HostsProblem, NodeRef,
+    judge_hosts, judge_service, parse_host_lines, summarize, DeadNode, HostLine, HostsProblem,
+    NodeRef,
 };
 use super::profile::{render, Profile};
 use super::report::{CheckReport, ScenarioReport, Status};
 use super::runner::SubmissionCluster;
 use crate::docker::HarnessError;
+use crate::oracle::raft_leader;
 use crate::wait::wait_for;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -401,7 +402,7 @@ async fn etcd_leader(sub: &SubmissionCluster, live: &[NodeRef]) -> Result<NodeRe
         .iter()
         .map(|n| async move { (n.clone(), sub.member_status(n).await) });
     let probes = futures::future::join_all(probes).await;
-    raft_leader(&probes)
+    raft_leader(&probes).cloned().map_err(|e| e.to_string())
 }
 
 /// Fails at once (instead of waiting out the limit) when a node that should live has
@@ -677,8 +678,8 @@ async fn ssh_once(sub: &SubmissionCluster, a: &NodeRef, b: &NodeRef) -> Result<(
         ("peer_index", idx(b)),
         ("n", sub.plan.nodes.to_string()),
     ]);
-    let cmd = render(&p.judge.ssh_command, &vars)?;
-    let expect = render(&p.judge.ssh_expect, &vars)?;
+    let cmd = render(&p.judge.ssh_command, &vars).map_err(|e| e.to_string())?;
+    let expect = render(&p.judge.ssh_expect, &vars).map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(p.limits.ssh_command_s);
     let out = match tokio::time::timeout(limit, sub.exec(a, &["sh", "-c", &cmd])).await {
         Err(_) => {

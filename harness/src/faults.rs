@@ -53,6 +53,9 @@ pub enum FaultError {
 /// Per node: the peer addresses it drops (empty: it reaches everyone).
 pub type Cuts = BTreeMap<String, Vec<Ipv4Addr>>;
 
+/// One side of a partition: node names.
+pub type Group = Vec<String>;
+
 /// Splits `node0,node1` into names, dropping blanks around commas.
 pub fn parse_group(text: &str) -> Vec<String> {
     text.split(',')
@@ -68,7 +71,7 @@ pub fn cli_groups(
     all: &[String],
     group: &[String],
     from: Option<&[String]>,
-) -> Result<Vec<Vec<String>>, FaultError> {
+) -> Result<Vec<Group>, FaultError> {
     let other: Vec<String> = match from {
         Some(f) => f.to_vec(),
         None => all.iter().filter(|n| !group.contains(n)).cloned().collect(),

@@ -620,8 +620,11 @@ pub fn host0_of(block: &str) -> Option<String> {
     })
 }
 
+/// A node's name and its clusterlab block as read (`None`: the file has none).
+pub type NodeBlock = (String, Option<String>);
+
 /// One phrase per node: `node0: host0=node2 host1=node0 | node1: …`.
-pub fn describe_blocks(blocks: &[(String, Option<String>)]) -> String {
+pub fn describe_blocks(blocks: &[NodeBlock]) -> String {
     blocks
         .iter()
         .map(|(n, b)| format!("{n}: {}", describe_block(b.as_deref())))
@@ -639,14 +642,11 @@ pub fn describe_blocks(blocks: &[(String, Option<String>)]) -> String {
 pub struct BlockMismatch {
     pub expected: String,
     /// Every node's block as read (not only the wrong ones), by node name.
-    pub blocks: Vec<(String, Option<String>)>,
+    pub blocks: Vec<NodeBlock>,
 }
 
 /// Ok when every node's block is exactly `expected`.
-pub fn check_blocks(
-    blocks: &[(String, Option<String>)],
-    expected: &str,
-) -> Result<(), BlockMismatch> {
+pub fn check_blocks(blocks: &[NodeBlock], expected: &str) -> Result<(), BlockMismatch> {
     if blocks.iter().all(|(_, b)| b.as_deref() == Some(expected)) {
         Ok(())
     } else {

@@ -6,7 +6,7 @@
 use super::ProbeError;
 use crate::cluster::Cluster;
 use crate::docker::HarnessError;
-use crate::oracle::{self, block_of, check_blocks, describe_blocks, host0_of, NodeRef};
+use crate::oracle::{self, block_of, check_blocks, describe_blocks, host0_of, NodeBlock, NodeRef};
 use crate::wait::wait_for;
 use std::time::Duration;
 
@@ -57,10 +57,7 @@ pub async fn read_file(c: &Cluster, node: &str, path: &str) -> Result<String, Pr
 }
 
 /// Every listed node's clusterlab block, read in parallel.
-pub async fn read_blocks(
-    c: &Cluster,
-    nodes: &[String],
-) -> Result<Vec<(String, Option<String>)>, ProbeError> {
+pub async fn read_blocks(c: &Cluster, nodes: &[String]) -> Result<Vec<NodeBlock>, ProbeError> {
     let reads = nodes.iter().map(|n| async move {
         let text = read_hosts(c, n).await?;
         Ok::<_, ProbeError>((n.clone(), block_of(&text)))

@@ -1,6 +1,6 @@
 //! Running the node's etcd member: flags from config, the child process, and readiness.
 
-use crate::config::Config;
+use clusterlab_core::config::Config;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

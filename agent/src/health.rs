@@ -2,12 +2,12 @@
 //! the agent runs) and `/leader` (200 only while this node's etcd member leads, else 503).
 
 use crate::node::NodeStatus;
-use crate::schema::Role;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use clusterlab_core::schema::Role;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

@@ -14,7 +14,7 @@
 //! [`Keys::leader_key_confirmed`] and [`Keys::lease_lost`], so a failed step is simply
 //! planned again at the next poll.
 
-use crate::schema::Role;
+use clusterlab_core::schema::Role;
 use std::time::Duration;
 use tokio::time::Instant;
 

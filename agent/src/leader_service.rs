@@ -22,9 +22,9 @@ mod command;
 pub use builtin::{router, Builtin};
 pub use command::CommandLauncher;
 
-use crate::config::Config;
 use crate::node::NodeStatus;
 use crate::supervise;
+use clusterlab_core::config::Config;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -199,7 +199,7 @@ pub async fn control<L: Launcher>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::Role;
+    use clusterlab_core::schema::Role;
     use tokio::sync::{mpsc, oneshot};
 
     #[derive(Debug, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! clusterlab's node agent: the main process of every node container.
 //!
 //! # Layout
-//! - [`config`], [`schema`]: node configuration and the etcd key schema, re-exported from
-//!   clusterlab-core (shared with every plugin that runs on a node).
+//! Node configuration, the etcd key schema, the etcd connection and signal/tracing set-up
+//! come from `clusterlab_core`, shared with every plugin that runs on a node.
+//!
 //! - [`etcd`]: etcd's flags, the child process and readiness.
 //! - [`keys`]: the decisions of the key loop (lease, node key, leader key), without effects.
 //! - [`node`]: the node's life: etcd, the key loop's effects, health, plugins, shutdown.
@@ -17,9 +18,6 @@ pub mod leader_service;
 pub mod node;
 pub mod supervise;
 
-/// The node configuration and the etcd schema live in clusterlab-core, shared with the
-/// plugins; re-exported here under their old paths.
-pub use clusterlab_core::{config, schema};
+pub use clusterlab_core::config::Config;
 pub use clusterlab_core::{init_tracing, shutdown_signal};
-pub use config::Config;
 pub use node::run;

@@ -1,10 +1,10 @@
 //! The node's life: etcd child, lease-backed keys, raft-leadership tracking, health API and
 //! plugins, all stopped in order on shutdown.
 
-use crate::config::Config;
 use crate::keys::{role_of, Keys, RoleChange};
-use crate::schema::{self, LeaderRecord, NodeRecord, Role};
 use crate::{etcd, health, supervise};
+use clusterlab_core::config::Config;
+use clusterlab_core::schema::{self, LeaderRecord, NodeRecord, Role};
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, StatusResponse};
 use serde::Serialize;
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Supervision of plugin processes: start, forward output into the agent's log, restart
 //! with exponential backoff, and stop them (SIGTERM, then SIGKILL) on shutdown.
 
-use crate::config::PluginConfig;
+use clusterlab_core::config::PluginConfig;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};

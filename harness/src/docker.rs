@@ -94,13 +94,6 @@ pub enum HarnessError {
         code: i64,
         output: String,
     },
-    /// A profile template could not be filled in for a node.
-    #[error("filling in the profile's {field} for {node}: {reason}")]
-    Template {
-        field: String,
-        node: String,
-        reason: String,
-    },
     #[error(transparent)]
     Wait(#[from] crate::wait::WaitError),
     #[error("{what}: {reason}")]

@@ -23,9 +23,21 @@ pub const CHAIN: &str = "CLUSTERLAB-PART";
 /// What partitioning and healing can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
-    /// The groups do not describe a partition of this cluster.
-    #[error("partition groups: {0}")]
-    Spec(String),
+    #[error("partition groups: a partition needs at least two groups, got {0}")]
+    TooFewGroups(usize),
+    /// Group numbers count from 1, as a person reads the command line.
+    #[error("partition groups: group {0} is empty")]
+    EmptyGroup(usize),
+    #[error("partition groups: no node {node:?} in the cluster (nodes: {known})")]
+    UnknownNode { node: String, known: String },
+    #[error("partition groups: {node} is in group {first} and in group {second}")]
+    InTwoGroups {
+        node: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("partition groups: {0} is the whole cluster: nothing is left for the other side")]
+    WholeCluster(String),
     #[error(transparent)]
     Harness(#[from] HarnessError),
     /// A command inside a node failed.
@@ -40,6 +52,9 @@ pub enum FaultError {
 
 /// Per node: the peer addresses it drops (empty: it reaches everyone).
 pub type Cuts = BTreeMap<String, Vec<Ipv4Addr>>;
+
+/// One side of a partition: node names.
+pub type Group = Vec<String>;
 
 /// Splits `node0,node1` into names, dropping blanks around commas.
 pub fn parse_group(text: &str) -> Vec<String> {
@@ -56,16 +71,13 @@ pub fn cli_groups(
     all: &[String],
     group: &[String],
     from: Option<&[String]>,
-) -> Result<Vec<Vec<String>>, FaultError> {
+) -> Result<Vec<Group>, FaultError> {
     let other: Vec<String> = match from {
         Some(f) => f.to_vec(),
         None => all.iter().filter(|n| !group.contains(n)).cloned().collect(),
     };
     if other.is_empty() {
-        return Err(FaultError::Spec(format!(
-            "{} is the whole cluster: nothing is left for the other side",
-            group.join(",")
-        )));
+        return Err(FaultError::WholeCluster(group.join(",")));
     }
     Ok(vec![group.to_vec(), other])
 }
@@ -78,31 +90,28 @@ pub fn cli_groups(
 /// left by an earlier partition.
 pub fn plan_cuts(nodes: &[(String, Ipv4Addr)], groups: &[Vec<String>]) -> Result<Cuts, FaultError> {
     if groups.len() < 2 {
-        return Err(FaultError::Spec(format!(
-            "a partition needs at least two groups, got {}",
-            groups.len()
-        )));
+        return Err(FaultError::TooFewGroups(groups.len()));
     }
     let ip_of: BTreeMap<&str, Ipv4Addr> = nodes.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
     let mut group_of: BTreeMap<&str, usize> = BTreeMap::new();
     for (g, members) in groups.iter().enumerate() {
         if members.is_empty() {
-            return Err(FaultError::Spec(format!("group {} is empty", g + 1)));
+            return Err(FaultError::EmptyGroup(g + 1));
         }
         for m in members {
             if !ip_of.contains_key(m.as_str()) {
                 let known: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(FaultError::Spec(format!(
-                    "no node {m:?} in the cluster (nodes: {})",
-                    known.join(", ")
-                )));
+                return Err(FaultError::UnknownNode {
+                    node: m.clone(),
+                    known: known.join(", "),
+                });
             }
             if let Some(prev) = group_of.insert(m.as_str(), g) {
-                return Err(FaultError::Spec(format!(
-                    "{m} is in group {} and in group {}",
-                    prev + 1,
-                    g + 1
-                )));
+                return Err(FaultError::InTwoGroups {
+                    node: m.clone(),
+                    first: prev + 1,
+                    second: g + 1,
+                });
             }
         }
     }
@@ -338,83 +347,6 @@ fn collect(results: Vec<NodeOutcome>) -> Result<FaultReport, FaultError> {
     Ok(report)
 }
 
-/// `harness partition GROUP [--from GROUP]`.
-#[derive(clap::Args, Debug)]
-pub struct PartitionArgs {
-    /// Comma-separated node names, e.g. `node0,node1`.
-    pub group: String,
-    /// The other side (comma-separated); default: every node not in GROUP.
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Cluster name.
-    #[arg(long, default_value = crate::names::DEFAULT_CLUSTER)]
-    pub name: String,
-}
-
-/// `harness heal`.
-#[derive(clap::Args, Debug)]
-pub struct HealArgs {
-    /// Cluster name.
-    #[arg(long, default_value = crate::names::DEFAULT_CLUSTER)]
-    pub name: String,
-}
-
-fn print_cuts(c: &Cluster, report: &FaultReport) {
-    for (node, drops) in &report.cuts {
-        let peers: Vec<String> = drops
-            .iter()
-            .map(|ip| {
-                c.node_names()
-                    .into_iter()
-                    .find(|n| c.node_ip(n).ok() == Some(*ip))
-                    .unwrap_or_else(|| ip.to_string())
-            })
-            .collect();
-        let peers = if peers.is_empty() {
-            "nothing".to_string()
-        } else {
-            peers.join(", ")
-        };
-        println!("  {node}: drops {peers}");
-    }
-    for node in &report.skipped {
-        println!("  {node}: not running, left alone");
-    }
-}
-
-/// Runs `harness partition`: applies the cut, reads the rules back and prints them.
-pub async fn run_partition_cli(a: PartitionArgs) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
-    let c = Cluster::discover(&docker, &a.name).await?;
-    let all = c.node_names();
-    let group = parse_group(&a.group);
-    let from = a.from.as_deref().map(parse_group);
-    let groups = cli_groups(&all, &group, from.as_deref())?;
-    let applied = partition(&c, &groups).await?;
-    let now = cuts(&c).await?;
-    if now.cuts != applied.cuts {
-        anyhow::bail!(
-            "rules read back from the nodes ({}) differ from the plan ({})",
-            describe(&now.cuts),
-            describe(&applied.cuts)
-        );
-    }
-    println!("partitioned {}: {}", c.spec.name, describe(&now.cuts));
-    print_cuts(&c, &now);
-    println!("undo with: harness heal --name {}", c.spec.name);
-    Ok(())
-}
-
-/// Runs `harness heal`: removes every rule and prints what was cut.
-pub async fn run_heal_cli(a: HealArgs) -> anyhow::Result<()> {
-    let docker = crate::docker::connect().await?;
-    let c = Cluster::discover(&docker, &a.name).await?;
-    let before = heal(&c).await?;
-    println!("healed {} (was: {})", c.spec.name, describe(&before.cuts));
-    print_cuts(&c, &before);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +423,14 @@ mod tests {
         let err = |groups: &[Vec<String>]| plan_cuts(&n, groups).unwrap_err().to_string();
         assert!(err(&[g(&["node0"])]).contains("at least two groups"));
         assert!(err(&[g(&["node0"]), g(&[])]).contains("group 2 is empty"));
+        assert!(matches!(
+            plan_cuts(&n, &[g(&["node0"]), g(&["node0"])]),
+            Err(FaultError::InTwoGroups {
+                first: 1,
+                second: 2,
+                ..
+            })
+        ));
         let e = err(&[g(&["node0"]), g(&["node7"])]);
         assert!(
             e.contains("node7") && e.contains("node0, node1, node2"),

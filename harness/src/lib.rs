@@ -2,26 +2,28 @@
 //! bridge network, breaks them, and checks what it sees.
 //!
 //! # Layout
-//! - [`names`]: Docker object names, labels and the IP plan (the only place that knows them).
-//! - [`docker`]: the bollard client (API version negotiated) and the typed errors.
-//! - [`images`]: base image from Debian packages, node image by content hash.
-//! - [`cli`]: the `harness` command line.
-//! - [`cluster`]: spec, the one owner of a cluster's Docker objects, status; up, kill,
-//!   start, exec, down.
-//! - [`faults`]: network partitions (iptables DROP inside the nodes) and healing them.
-//! - [`wait`]: waiting for a condition with a deadline, reporting the last observation.
-//! - [`trial`]: fixtures for full-cluster trials (used by `cargo test` and by grading).
-//! - [`bench_hosts`]: hosts-file probes shared with the hosts trials; `harness bench hosts`.
-//! - [`bench_failover`]: HTTP probes shared with the proxy trials; `harness bench failover`.
-//! - [`bench_proxy`]: `harness bench proxy`.
+//! From the top down; a module calls only modules below it, and nothing calls [`cli`].
+//! - [`cli`]: the `harness` command line, the only place with clap and `anyhow`: parses
+//!   flags into the option structs below, prints, turns errors into the exit message.
+//! - [`bench`]: `harness bench hosts|failover|proxy`, each on a cluster of its own.
 //! - [`grade`]: `harness grade`: profiles, a submission's cluster, scenarios judged from
 //!   outside, report.json and junit.xml.
+//! - [`trial`]: fixtures for full-cluster trials (used by `cargo test`).
+//! - [`probe`]: looking at a running cluster from outside (hosts files, HTTP, a stream of
+//!   GETs), shared by the trials and the benchmarks.
+//! - [`faults`]: network partitions (iptables DROP inside the nodes) and healing them.
+//! - [`cluster`]: the cluster spec, the one owner of a cluster's Docker objects
+//!   (`cluster::objects`), status; up, kill, start, exec, down.
+//! - [`images`]: base image from Debian packages, node image by content hash.
+//! - [`oracle`]: pure rules over observations, no Docker: container state, member role, the
+//!   raft-leader rule, the hosts-table expectations, the benchmarks' statistics.
+//! - [`wait`]: waiting for a condition with a deadline, reporting the last observation.
 //! - [`progress`]: timed step lines and spinners for long steps.
+//! - [`names`]: Docker object names, labels and the IP plan (the only place that knows them).
+//! - [`docker`]: the bollard client (API version negotiated) and the typed errors.
 //! - [`shutdown`]: Ctrl-C/SIGTERM removes what the interrupted run created.
 
-pub mod bench_failover;
-pub mod bench_hosts;
-pub mod bench_proxy;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod docker;
@@ -30,6 +32,7 @@ pub mod grade;
 pub mod images;
 pub mod names;
 pub mod oracle;
+pub mod probe;
 pub mod progress;
 pub mod shutdown;
 pub mod trial;

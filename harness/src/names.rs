@@ -2,6 +2,9 @@
 
 use std::net::Ipv4Addr;
 
+/// A node's name as the cluster knows it: `node<i>`.
+pub type NodeName = String;
+
 /// Label carried by every object of a cluster; its value is the cluster name.
 pub const LABEL_CLUSTER: &str = "clusterlab.cluster";
 /// Label naming the node a container or volume belongs to.

@@ -1,6 +1,7 @@
 //! Waiting for a condition with a deadline. A failed wait reports what it last observed,
 //! so a trial's failure says what the cluster looked like, not just "timed out".
 
+use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -13,21 +14,10 @@ pub struct WaitError {
     pub last: String,
 }
 
-/// A check (in a trial or a benchmark) that did not hold: a harness failure, a wait that
-/// timed out, or a property that was observed to be false.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    #[error(transparent)]
-    Harness(#[from] crate::docker::HarnessError),
-    #[error(transparent)]
-    Wait(#[from] WaitError),
-    #[error("{0}")]
-    Check(String),
-}
-
 /// Polls `probe` every `poll` until it returns `Ok`, or fails after `timeout` with the last
-/// `Err` text the probe gave. Returns the value and how long it took.
-pub async fn wait_for<T, F, Fut>(
+/// `Err` the probe gave, as text. The `Err` is an observation (what the cluster looked like
+/// instead), so anything that displays will do. Returns the value and how long it took.
+pub async fn wait_for<T, E, F, Fut>(
     what: &str,
     timeout: Duration,
     poll: Duration,
@@ -35,7 +25,8 @@ pub async fn wait_for<T, F, Fut>(
 ) -> Result<(T, Duration), WaitError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: fmt::Display,
 {
     let start = Instant::now();
     let mut last = String::from("(no observation yet)");
@@ -43,7 +34,7 @@ where
         let remaining = timeout.saturating_sub(start.elapsed());
         match tokio::time::timeout(remaining.max(Duration::from_millis(1)), probe()).await {
             Ok(Ok(v)) => return Ok((v, start.elapsed())),
-            Ok(Err(seen)) => last = seen,
+            Ok(Err(seen)) => last = seen.to_string(),
             Err(_) => last = format!("{last} (probe still running at the deadline)"),
         }
         if start.elapsed() >= timeout {

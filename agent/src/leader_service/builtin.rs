@@ -10,14 +10,14 @@
 //! task is aborted.
 
 use super::{Launcher, LeaderServiceError};
-use crate::config::Config;
 use crate::node::NodeStatus;
-use crate::schema::{self, ClusterView, Member};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use clusterlab_core::config::Config;
+use clusterlab_core::schema::{self, ClusterView, Member};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -124,7 +124,7 @@ pub fn render_page(p: &Page) -> String {
                 // than show two leaders.
                 let mark = if leader.as_deref() == Some(m.name.as_str()) {
                     " (leader key)"
-                } else if m.role == crate::schema::Role::Leader {
+                } else if m.role == clusterlab_core::schema::Role::Leader {
                     " (stale: record waits for its lease to expire)"
                 } else {
                     ""
@@ -222,15 +222,18 @@ async fn read_view(st: &AppState) -> Result<ClusterView, ViewError> {
         match guard.as_ref() {
             Some(c) => c.clone(),
             None => {
-                let c = tokio::time::timeout(ETCD_TIMEOUT, crate::etcd::connect(&st.endpoint))
-                    .await
-                    .map_err(|_| ViewError::ConnectTimeout {
-                        endpoint: st.endpoint.clone(),
-                    })?
-                    .map_err(|e| ViewError::Connect {
-                        endpoint: st.endpoint.clone(),
-                        source: Arc::new(e),
-                    })?;
+                let c = tokio::time::timeout(
+                    ETCD_TIMEOUT,
+                    clusterlab_core::etcd::connect(&st.endpoint),
+                )
+                .await
+                .map_err(|_| ViewError::ConnectTimeout {
+                    endpoint: st.endpoint.clone(),
+                })?
+                .map_err(|e| ViewError::Connect {
+                    endpoint: st.endpoint.clone(),
+                    source: Arc::new(e),
+                })?;
                 *guard = Some(c.clone());
                 c
             }
@@ -381,7 +384,7 @@ impl Launcher for Builtin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::Role;
+    use clusterlab_core::schema::Role;
     use futures::{SinkExt, StreamExt};
     use std::net::Ipv4Addr;
 

@@ -3,8 +3,8 @@
 //! stopped with SIGTERM and, after `grace_s`, SIGKILL.
 
 use super::{Launcher, LeaderServiceError};
-use crate::config::PluginConfig;
 use crate::supervise;
+use clusterlab_core::config::PluginConfig;
 use std::time::Duration;
 use tokio::process::Child;
 

@@ -18,11 +18,12 @@ pub use status::{probe_member, ClusterStatus, GatewayState, NodeState, ProbeErro
 
 use crate::docker::{ctx, is_not_found, HarnessError, Result};
 use crate::names::{
-    validate_cluster_name, ClusterNames, Subnet, FIRST_NODE_OFFSET, GATEWAY_OFFSET, MAX_NODES,
+    validate_cluster_name, ClusterNames, NodeName, Subnet, FIRST_NODE_OFFSET, GATEWAY_OFFSET,
+    MAX_NODES,
 };
 use crate::oracle::{self, ContainerState};
-use agent::schema::ClusterView;
 use bollard::Docker;
+use clusterlab_core::schema::ClusterView;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -90,10 +91,13 @@ impl ClusterSpec {
             });
         }
         for (k, _) in &self.env {
-            if !k.starts_with(agent::config::ENV_PREFIX) || k.contains('=') {
+            if !k.starts_with(clusterlab_core::config::ENV_PREFIX) || k.contains('=') {
                 return Err(HarnessError::BadSpec {
                     field: format!("--env {k}"),
-                    reason: format!("node settings start with {}", agent::config::ENV_PREFIX),
+                    reason: format!(
+                        "node settings start with {}",
+                        clusterlab_core::config::ENV_PREFIX
+                    ),
                 });
             }
         }
@@ -477,7 +481,7 @@ impl Cluster {
     }
 
     /// Node name of etcd's raft leader, if the reachable members agree on one.
-    pub async fn etcd_leader(&self) -> Result<Option<String>> {
+    pub async fn etcd_leader(&self) -> Result<Option<NodeName>> {
         Ok(self.status().await?.etcd_leader)
     }
 

@@ -3,7 +3,7 @@
 //! here once; the election rule lives in [`crate::oracle`].
 
 use crate::oracle::{ContainerState, MemberStatus, Role};
-use agent::schema::{self, ClusterView, LeaderRecord};
+use clusterlab_core::schema::{self, ClusterView, LeaderRecord};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -45,13 +45,12 @@ pub struct MemberProbe {
 /// answers with what it has). At most [`PROBE_TIMEOUT`].
 pub async fn probe_member(endpoint: &str, read_view: bool) -> Result<MemberProbe, ProbeError> {
     let fut = async {
-        let mut client =
-            agent::etcd::connect(endpoint)
-                .await
-                .map_err(|source| ProbeError::Unreachable {
-                    endpoint: endpoint.to_string(),
-                    source,
-                })?;
+        let mut client = clusterlab_core::etcd::connect(endpoint)
+            .await
+            .map_err(|source| ProbeError::Unreachable {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
         let st = client.status().await.map_err(|source| ProbeError::Status {
             endpoint: endpoint.to_string(),
             source,

@@ -322,7 +322,7 @@ impl Profile {
         }
         for t in self.node.command.iter().chain(&self.node.entrypoint) {
             if let Err(e) = check_template(t, &NODE_PLACEHOLDERS) {
-                return invalid("node.command/node.entrypoint", e);
+                return invalid("node.command/node.entrypoint", e.to_string());
             }
         }
         for (k, v) in &self.node.env {
@@ -337,10 +337,10 @@ impl Profile {
             return invalid("judge.ssh_command", "is empty".into());
         }
         if let Err(e) = check_template(&self.judge.ssh_command, &SSH_PLACEHOLDERS) {
-            return invalid("judge.ssh_command", e);
+            return invalid("judge.ssh_command", e.to_string());
         }
         if let Err(e) = check_template(&self.judge.ssh_expect, &SSH_PLACEHOLDERS) {
-            return invalid("judge.ssh_expect", e);
+            return invalid("judge.ssh_expect", e.to_string());
         }
         let l = &self.limits;
         for (key, v) in [
@@ -428,8 +428,24 @@ impl IpPlan {
     }
 }
 
+/// Why a command or environment template cannot be filled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{template:?} has a lone `}}` (write `}}}}` for a literal brace)")]
+    LoneClose { template: String },
+    #[error("{template:?} has an unclosed `{{` (write `{{{{` for a literal brace)")]
+    Unclosed { template: String },
+    #[error("{template:?} uses unknown placeholder {{{key}}}; known: {known}")]
+    Unknown {
+        template: String,
+        key: String,
+        /// The placeholders that exist, as `{name} {ip} …`.
+        known: String,
+    },
+}
+
 /// Fills `{name}` placeholders from `vars`; `{{` and `}}` stand for literal braces.
-pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
+pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(pos) = rest.find(['{', '}']) {
@@ -442,20 +458,21 @@ pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, S
             out.push('}');
             rest = after;
         } else if tail.starts_with('}') {
-            return Err(format!(
-                "{template:?} has a lone `}}` (write `}}}}` for a literal brace)"
-            ));
+            return Err(TemplateError::LoneClose {
+                template: template.to_string(),
+            });
         } else {
-            let end = tail.find('}').ok_or_else(|| {
-                format!("{template:?} has an unclosed `{{` (write `{{{{` for a literal brace)")
+            let end = tail.find('}').ok_or_else(|| TemplateError::Unclosed {
+                template: template.to_string(),
             })?;
             let key = &tail[1..end];
             let value = vars.get(key).ok_or_else(|| {
                 let known: Vec<String> = vars.keys().map(|k| format!("{{{k}}}")).collect();
-                format!(
-                    "{template:?} uses unknown placeholder {{{key}}}; known: {}",
-                    known.join(" ")
-                )
+                TemplateError::Unknown {
+                    template: template.to_string(),
+                    key: key.to_string(),
+                    known: known.join(" "),
+                }
             })?;
             out.push_str(value);
             rest = &tail[end + 1..];
@@ -466,7 +483,7 @@ pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, S
 }
 
 /// Checks that a template only uses `known` placeholders.
-pub fn check_template(template: &str, known: &[&'static str]) -> Result<(), String> {
+pub fn check_template(template: &str, known: &[&'static str]) -> Result<(), TemplateError> {
     let vars: BTreeMap<&str, String> = known.iter().map(|k| (*k, String::new())).collect();
     render(template, &vars).map(|_| ())
 }
@@ -582,18 +599,18 @@ dead_node_s = 20
         );
     }
 
-    fn checked(f: impl FnOnce(&mut Profile)) -> Result<(), String> {
+    fn checked(f: impl FnOnce(&mut Profile)) -> Result<(), ProfileError> {
         let mut p: Profile = Figment::from(Serialized::defaults(Profile::default()))
             .merge(Toml::string(GOOD))
             .extract()
-            .map_err(|e| e.to_string())?;
+            .expect("the good profile parses");
         f(&mut p);
-        p.validate("t.toml").map_err(|e| e.to_string())
+        p.validate("t.toml")
     }
 
     #[test]
     fn validation_names_the_key() {
-        assert_eq!(checked(|_| {}), Ok(()));
+        assert!(checked(|_| {}).is_ok());
         let cases: Vec<(&str, Box<dyn FnOnce(&mut Profile)>)> = vec![
             ("`nodes`", Box::new(|p| p.nodes = 2)),
             ("`name`", Box::new(|p| p.name = "Bad Name".into())),
@@ -639,7 +656,7 @@ dead_node_s = 20
             ("`limits.poll_ms`", Box::new(|p| p.limits.poll_ms = 0)),
         ];
         for (key, f) in cases {
-            let e = checked(f).expect_err(key);
+            let e = checked(f).expect_err(key).to_string();
             assert!(e.contains(key) && e.contains("t.toml"), "{key}: {e}");
         }
     }
@@ -665,9 +682,20 @@ dead_node_s = 20
             "10.79.1.10,10.79.1.11,10.79.1.12 lab 10.79.1.0/24"
         );
         assert_eq!(render("a{{b}}c", &v).unwrap(), "a{b}c");
-        assert!(render("{bogus}", &v).unwrap_err().contains("{bogus}"));
-        assert!(render("x}", &v).is_err());
-        assert!(render("{ip", &v).is_err());
+        let e = render("{bogus}", &v).unwrap_err();
+        assert!(
+            matches!(&e, TemplateError::Unknown { key, .. } if key == "bogus"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("{bogus}; known: {cluster}"), "{e}");
+        assert!(matches!(
+            render("x}", &v),
+            Err(TemplateError::LoneClose { .. })
+        ));
+        assert!(matches!(
+            render("{ip", &v),
+            Err(TemplateError::Unclosed { .. })
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! the leader service by a bare HTTP request.
 
 use super::judge::{NodeRef, ServiceProbe};
-use super::profile::{render, ImageSource, IpPlan, Profile};
+use super::profile::{render, ImageSource, IpPlan, Profile, TemplateError};
 use crate::cluster::{
     probe_member, ClusterObjects, ContainerRole, ContainerSpec, ExecOutput, ProbeError, Stopped,
 };
@@ -129,6 +129,21 @@ pub async fn build_dir_image(
     Ok(tag)
 }
 
+/// Why a submission's cluster could not be brought up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A profile template could not be filled in for a node.
+    #[error("filling in the profile's {field} for {node}: {reason}")]
+    Template {
+        field: String,
+        node: String,
+        #[source]
+        reason: TemplateError,
+    },
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+}
+
 /// One scenario's cluster of a submission's containers: the profile, its IP plan and image,
 /// and the owner of the cluster's Docker objects (the same owner, names and labels as
 /// `harness up`, so `harness down` removes a graded cluster too). Run-scoped: a later run
@@ -194,7 +209,7 @@ impl GradedCluster {
 
     /// Creates the network, the shared volume, per-node volumes (when the profile mounts
     /// one) and the containers, then starts every container.
-    pub async fn up(&self) -> Result<()> {
+    pub async fn up(&self) -> Result<(), UpError> {
         let n = self.names();
         let mut volumes = vec![(n.shared_volume(), None)];
         if !self.profile.node.data_mount.is_empty() {
@@ -204,25 +219,26 @@ impl GradedCluster {
         }
         let containers = (0..self.plan.nodes)
             .map(|i| self.node_container(i))
-            .collect::<Result<Vec<_>>>()?;
-        self.objects
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self
+            .objects
             .create_all(
                 self.plan.subnet,
                 &[(LABEL_GRADE, self.profile.name.clone())],
                 &volumes,
                 &containers,
             )
-            .await
+            .await?)
     }
 
     /// The container of node `i`, from the profile's templates.
-    pub fn node_container(&self, i: usize) -> Result<ContainerSpec> {
+    pub fn node_container(&self, i: usize) -> Result<ContainerSpec, UpError> {
         let t = &self.profile.node;
         let n = self.names();
         let node = ClusterNames::node_name(i);
         let vars = self.plan.node_vars(i, &n.cluster);
         let fill = |field: &str, template: &str| {
-            render(template, &vars).map_err(|reason| HarnessError::Template {
+            render(template, &vars).map_err(|reason| UpError::Template {
                 field: field.to_string(),
                 node: node.clone(),
                 reason,

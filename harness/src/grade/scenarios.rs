@@ -9,7 +9,7 @@ use super::judge::{
 };
 use super::profile::{render, Profile};
 use super::report::{CheckReport, ScenarioReport, Status};
-use super::runner::GradedCluster;
+use super::runner::{GradedCluster, UpError};
 use crate::docker::HarnessError;
 use crate::oracle::raft_leader;
 use crate::wait::wait_for;
@@ -131,7 +131,7 @@ pub async fn run_scenario(
     let _ = sub.down().await;
     let mut rec = Recorder::default();
     let limit = Duration::from_secs(sub.profile.limits.scenario_s);
-    let outcome: Result<(), HarnessError> = async {
+    let outcome: Result<(), UpError> = async {
         sub.up().await?;
         let t0 = Instant::now();
         let body = async {
@@ -142,7 +142,7 @@ pub async fn run_scenario(
             }
         };
         match tokio::time::timeout(limit, body).await {
-            Ok(r) => r,
+            Ok(r) => Ok(r?),
             Err(_) => {
                 rec.check(
                     "scenario_time",
@@ -708,8 +708,8 @@ async fn ssh_once(sub: &GradedCluster, a: &NodeRef, b: &NodeRef) -> Result<(), F
         ("peer_index", idx(b)),
         ("n", sub.plan.nodes.to_string()),
     ]);
-    let cmd = render(&p.judge.ssh_command, &vars)?;
-    let expect = render(&p.judge.ssh_expect, &vars)?;
+    let cmd = render(&p.judge.ssh_command, &vars).map_err(|e| e.to_string())?;
+    let expect = render(&p.judge.ssh_expect, &vars).map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(p.limits.ssh_command_s);
     let out = match tokio::time::timeout(limit, sub.exec(a, &["sh", "-c", &cmd])).await {
         Err(_) => {

@@ -72,7 +72,10 @@ fn consistent(st: &ClusterStatus, expect_keys: usize) -> Result<String, String> 
     }
 }
 
-async fn node_records(c: &Cluster, on: &str) -> anyhow::Result<Vec<agent::schema::NodeRecord>> {
+async fn node_records(
+    c: &Cluster,
+    on: &str,
+) -> anyhow::Result<Vec<clusterlab_core::schema::NodeRecord>> {
     let out = c
         .exec(
             on,
@@ -132,7 +135,7 @@ async fn bootstrap(c: Cluster) -> anyhow::Result<()> {
             let recs = node_records(&c, "node0").await.map_err(|e| e.to_string())?;
             let leaders: Vec<_> = recs
                 .iter()
-                .filter(|r| r.role == agent::schema::Role::Leader)
+                .filter(|r| r.role == clusterlab_core::schema::Role::Leader)
                 .collect();
             if leaders.len() == 1 && leaders[0].name == leader {
                 Ok(recs)

@@ -2,11 +2,14 @@
 //! leader as host0, follows a dead follower, a dead leader and a rejoining node, and keeps its
 //! last table while etcd has no quorum. Each trial prints what it measured.
 
+use super::common::{except, node_log};
 use anyhow::{ensure, Context};
-use futures::StreamExt;
-use harness::bench_hosts::{
-    block_of, describe, expected_block, lines_outside_block, read_blocks, read_file, read_hosts,
-    wait_full_table, wait_new_host0, PROBE_POLL,
+use harness::oracle::{
+    block_of, describe_block as describe, judge_hosts, lines_outside_block, parse_host_lines,
+};
+use harness::probe::hosts::{
+    expected_block, node_refs, read_file, read_hosts, wait_blocks, wait_full_table, wait_new_host0,
+    PROBE_POLL,
 };
 use harness::trial::{cluster_trial, Environment};
 use harness::{wait_for, Cluster};
@@ -64,13 +67,6 @@ pub fn trials(env: &Environment) -> Vec<Trial> {
     ]
 }
 
-fn except(all: &[String], gone: &[&str]) -> Vec<String> {
-    all.iter()
-        .filter(|n| !gone.contains(&n.as_str()))
-        .cloned()
-        .collect()
-}
-
 /// Docker's own lines must survive every rewrite: localhost and the node's own name.
 async fn docker_lines_kept(c: &Cluster, node: &str) -> anyhow::Result<()> {
     let text = read_hosts(c, node).await?;
@@ -108,6 +104,33 @@ async fn bootstrap(c: Cluster) -> anyhow::Result<()> {
         took.as_secs_f64()
     );
     print!("{expected}");
+    // Each whole file also obeys the rule the grader applies to any submission.
+    let nodes = node_refs(&c, &all)?;
+    let leader_ref = nodes
+        .iter()
+        .find(|n| n.name == leader)
+        .context("leader not in the cluster")?;
+    for n in &nodes {
+        let text = read_hosts(&c, &n.name).await?;
+        let problems = judge_hosts(
+            n,
+            "/etc/hosts",
+            &parse_host_lines(&text),
+            leader_ref,
+            &nodes,
+            &[],
+            &nodes,
+        );
+        ensure!(
+            problems.is_empty(),
+            "/etc/hosts of {n} breaks the hosts-table rule: {}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     for n in &all {
         docker_lines_kept(&c, n).await?;
     }
@@ -159,16 +182,12 @@ async fn follower_death(c: Cluster) -> anyhow::Result<()> {
     let ttl = c.spec.lease_ttl_s;
     c.kill(&victim).await?;
     let killed = Instant::now();
-    wait_for(
+    wait_blocks(
+        &c,
+        &survivors,
+        &expected,
         &format!("every survivor to drop {victim} with {leader} still host0"),
         Duration::from_secs(ttl + 5),
-        PROBE_POLL,
-        || async {
-            let blocks = read_blocks(&c, &survivors)
-                .await
-                .map_err(|e| e.to_string())?;
-            harness::bench_hosts::check_all(&blocks, &expected)
-        },
     )
     .await?;
     println!(
@@ -198,16 +217,12 @@ async fn leader_death(c: Cluster) -> anyhow::Result<()> {
     // The dead leader stays listed as a follower until its lease runs out; the lease clock
     // restarts when the new leader takes over.
     let expected = expected_block(&c, Some(&new), &survivors)?;
-    let (_, took) = wait_for(
+    let took = wait_blocks(
+        &c,
+        &survivors,
+        &expected,
         &format!("every survivor to drop {old}"),
         Duration::from_secs(ttl + 5),
-        PROBE_POLL,
-        || async {
-            let blocks = read_blocks(&c, &survivors)
-                .await
-                .map_err(|e| e.to_string())?;
-            harness::bench_hosts::check_all(&blocks, &expected)
-        },
     )
     .await?;
     println!(
@@ -272,25 +287,6 @@ async fn rejoin(c: Cluster) -> anyhow::Result<()> {
     );
     docker_lines_kept(&c, &victim).await?;
     Ok(())
-}
-
-/// The container log of one node (the agent and its plugins write there).
-async fn node_log(c: &Cluster, node: &str) -> anyhow::Result<String> {
-    let container = c.container_name(node)?;
-    let mut logs = c.docker.logs(
-        &container,
-        Some(bollard::query_parameters::LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: "all".into(),
-            ..Default::default()
-        }),
-    );
-    let mut text = String::new();
-    while let Some(chunk) = logs.next().await {
-        text.push_str(&chunk.context("reading container log")?.to_string());
-    }
-    Ok(text)
 }
 
 async fn quorum_loss(c: Cluster) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 use harness::trial::Environment;
 use libtest_mimic::Trial;
 
+pub mod common;
 pub mod foundation;
 pub mod grading;
 pub mod hosts;

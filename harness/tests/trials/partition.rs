@@ -5,9 +5,11 @@
 //! after healing it catches up). Writes are real `etcdctl put`s run on the nodes; reads are
 //! serializable, so each member answers from its own store.
 
+use super::common::{except, member_statuses};
 use anyhow::{ensure, Context};
-use harness::bench_hosts::{block_of, describe, read_hosts, wait_full_table};
 use harness::faults;
+use harness::oracle::{block_of, describe_block as describe, unanimous_leader, NoLeader, Role};
+use harness::probe::hosts::{read_hosts, wait_full_table};
 use harness::trial::{cluster_trial, Environment};
 use harness::{wait_for, Cluster, ClusterStatus, ExecOutput};
 use libtest_mimic::Trial;
@@ -43,45 +45,9 @@ pub fn trials(env: &Environment) -> Vec<Trial> {
 
 /// The leader that every node in `among` follows, and their common term: exactly one of them
 /// reports itself leader, the others name it, and all report the same term.
-fn agreed_leader(st: &ClusterStatus, among: &[String]) -> Result<(String, u64), String> {
-    let nodes: Vec<_> = st
-        .nodes
-        .iter()
-        .filter(|n| among.contains(&n.name))
-        .collect();
-    let fail = |why: &str| {
-        let seen: Vec<String> = nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "{}[{} term={} leader={}]",
-                    n.name,
-                    n.etcd_role
-                        .map(|r| r.to_string())
-                        .unwrap_or("unreachable".into()),
-                    n.raft_term.map(|t| t.to_string()).unwrap_or("-".into()),
-                    n.raft_leader.as_deref().unwrap_or("-")
-                )
-            })
-            .collect();
-        format!("{why}: {}", seen.join(" "))
-    };
-    let leaders: Vec<_> = nodes
-        .iter()
-        .filter(|n| n.etcd_role == Some(harness::oracle::Role::Leader))
-        .collect();
-    let [leader] = leaders.as_slice() else {
-        return Err(fail(&format!("{} self-reported leaders", leaders.len())));
-    };
-    let term = leader.raft_term.unwrap_or(0);
-    let all_follow = nodes
-        .iter()
-        .all(|n| n.raft_leader == leader.member_id && n.raft_term == Some(term));
-    if all_follow {
-        Ok((leader.name.clone(), term))
-    } else {
-        Err(fail("members disagree"))
-    }
+fn agreed_leader(st: &ClusterStatus, among: &[String]) -> Result<(String, u64), NoLeader> {
+    let probes = member_statuses(st, among);
+    unanimous_leader(&probes).map(|(leader, term)| (leader.clone(), term))
 }
 
 /// A settled leader among `among`, waited for.
@@ -94,7 +60,7 @@ async fn wait_agreed(
 ) -> anyhow::Result<((String, u64), Duration)> {
     Ok(wait_for(what, timeout, POLL, || async {
         let st = c.status().await.map_err(|e| e.to_string())?;
-        let (leader, term) = agreed_leader(&st, among)?;
+        let (leader, term) = agreed_leader(&st, among).map_err(|e| e.to_string())?;
         if accept(&leader, term) {
             Ok((leader, term))
         } else {
@@ -135,7 +101,7 @@ async fn put_on(
 async fn local_get(c: &Cluster, node: &str, key: &str) -> anyhow::Result<Option<(String, i64)>> {
     let endpoint = format!("http://{}:2379", c.node_ip(node)?);
     let read = async {
-        let mut client = agent::etcd::connect(&endpoint).await?;
+        let mut client = clusterlab_core::etcd::connect(&endpoint).await?;
         let resp = client
             .get(
                 key,
@@ -236,13 +202,6 @@ async fn check_rules(c: &Cluster, groups: &[Vec<String>]) -> anyhow::Result<()> 
         faults::describe(&now.cuts)
     );
     Ok(())
-}
-
-fn except(all: &[String], gone: &[&str]) -> Vec<String> {
-    all.iter()
-        .filter(|n| !gone.contains(&n.as_str()))
-        .cloned()
-        .collect()
 }
 
 async fn raft_partition(c: Cluster) -> anyhow::Result<()> {
@@ -401,13 +360,13 @@ async fn raft_partition(c: Cluster) -> anyhow::Result<()> {
     );
     let hosts_s = healed_at.elapsed().as_secs_f64();
     let st = c.status().await?;
-    let b_role = st
-        .nodes
-        .iter()
-        .find(|n| n.name == b)
-        .and_then(|n| n.etcd_role);
+    let b_status = member_statuses(&st, std::slice::from_ref(&b));
+    let b_role = b_status
+        .first()
+        .and_then(|(_, s)| s.as_ref().ok())
+        .and_then(|s| s.role());
     ensure!(
-        b_role == Some(harness::oracle::Role::Follower),
+        b_role == Some(Role::Follower),
         "old leader {b} reports {b_role:?} after the heal"
     );
     println!(
@@ -475,7 +434,7 @@ async fn partition_follower(c: Cluster) -> anyhow::Result<()> {
 
     // Until the isolated follower's lease expires, the other two must keep their leader,
     // term and leader key; then their hosts tables drop it.
-    let f_key = agent::schema::node_key(&f);
+    let f_key = clusterlab_core::schema::node_key(&f);
     let (verdict, _) = wait_for(
         &format!("{f}'s key to expire on {leader} with nothing else changing"),
         Duration::from_secs(c.spec.lease_ttl_s + 10),
@@ -484,7 +443,9 @@ async fn partition_follower(c: Cluster) -> anyhow::Result<()> {
             let st = c.status().await.map_err(|e| e.to_string())?;
             let now = agreed_leader(&st, &rest);
             let key = st.leader_key.as_ref().map(|k| k.name.clone());
-            if now != Ok((leader.clone(), term0)) || key.as_deref() != Some(leader.as_str()) {
+            if now.as_ref().ok() != Some(&(leader.clone(), term0))
+                || key.as_deref() != Some(leader.as_str())
+            {
                 return Ok(Err(format!(
                     "{:?} leader key {key:?}: {}",
                     now,
@@ -514,7 +475,7 @@ async fn partition_follower(c: Cluster) -> anyhow::Result<()> {
     ensure!(host0 == leader, "host0 moved to {host0} from {leader}");
     let st = c.status().await?;
     ensure!(
-        agreed_leader(&st, &rest) == Ok((leader.clone(), term0)),
+        agreed_leader(&st, &rest).ok() == Some((leader.clone(), term0)),
         "leader or term changed while {f} was isolated: {}",
         st.summary()
     );

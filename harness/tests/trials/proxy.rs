@@ -4,9 +4,7 @@
 
 use anyhow::{ensure, Context};
 use futures::{SinkExt, StreamExt};
-use harness::bench_failover::{
-    analyse, answering, wait_proxy_serves_leader, GetStream, Http, SLOW,
-};
+use harness::probe::http::{analyse, answering, wait_proxy_serves_leader, GetStream, Http, SLOW};
 use harness::trial::{cluster_trial, Environment};
 use harness::{wait_for, Cluster, ClusterSpec};
 use libtest_mimic::Trial;
@@ -245,8 +243,7 @@ async fn follows_a_leader_kill(c: &Cluster, gw: &str) -> anyhow::Result<()> {
     );
     let report = http
         .get(&format!("{gw}/__proxy/status"), Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     let v: serde_json::Value = serde_json::from_str(&report.body).context("proxy status")?;
     ensure!(
         v["upstream"]["name"] == new.as_str() && v["switches"].as_u64() >= Some(1),
@@ -356,7 +353,7 @@ async fn proxy_no_leader(c: Cluster) -> anyhow::Result<()> {
         Duration::from_millis(200),
         || async {
             let t = Instant::now();
-            let r = http.get(&url, HOLD * 3).await?;
+            let r = http.get(&url, HOLD * 3).await.map_err(|e| e.to_string())?;
             if r.status == 503 {
                 Ok((r, t.elapsed()))
             } else {
@@ -368,7 +365,7 @@ async fn proxy_no_leader(c: Cluster) -> anyhow::Result<()> {
     let (r, _) = reply;
     // Measure a fresh request from start to 503.
     let t = Instant::now();
-    let again = http.get(&url, HOLD * 3).await.map_err(anyhow::Error::msg)?;
+    let again = http.get(&url, HOLD * 3).await?;
     let took = t.elapsed();
     ensure!(again.status == 503, "second request: HTTP {}", again.status);
     ensure!(

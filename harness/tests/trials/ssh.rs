@@ -4,8 +4,9 @@
 //! and restarted node keeps its host key; hostile files in the shared folder are never
 //! trusted; password logins are refused. Each trial prints what it measured.
 
+use super::common::node_log;
 use anyhow::{bail, ensure, Context};
-use harness::bench_hosts::{read_file, wait_full_table, wait_new_host0};
+use harness::probe::hosts::{read_file, wait_full_table, wait_new_host0};
 use harness::trial::{cluster_trial, Environment};
 use harness::{wait_for, Cluster};
 use libtest_mimic::Trial;
@@ -368,25 +369,6 @@ async fn after_restart(c: Cluster) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// A node's whole container log (agent, plugins and sshd).
-async fn node_log(c: &Cluster, node: &str) -> anyhow::Result<String> {
-    use futures::StreamExt;
-    let container = c.container_name(node)?;
-    let mut stream = c.docker.logs(
-        &container,
-        Some(bollard::query_parameters::LogsOptions {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        }),
-    );
-    let mut text = String::new();
-    while let Some(chunk) = stream.next().await {
-        text.push_str(&chunk?.to_string());
-    }
-    Ok(text)
 }
 
 /// The files dropped into users/ by the hostile trial, and the refusal kind each must get.

@@ -1,11 +1,21 @@
-//! The `harness` command line: argument types and the code behind each subcommand.
+//! The `harness` command line: argument types (clap) and the code behind each subcommand.
+//! This is the only layer that knows clap and `anyhow`: it parses flags into the library's
+//! plain option structs, calls the library, prints, and turns typed errors into the exit
+//! message. Nothing in the library imports it.
 
 use crate::cluster::{self, Cluster, ClusterSpec};
 use crate::images::{ensure_images, ImageOptions};
 use crate::names::{Subnet, DEFAULT_CLUSTER, DEFAULT_SUBNET};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
+mod faults;
 mod grade;
+
+pub use bench::{
+    BenchClusterArgs, BenchCommand, BenchFailoverArgs, BenchHostsArgs, BenchProxyArgs,
+};
+pub use faults::{HealArgs, PartitionArgs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,9 +49,9 @@ pub enum Command {
     Start(TargetArgs),
     /// Cut traffic both ways between GROUP (e.g. node0,node1) and the rest of the cluster
     /// (or --from GROUP), replacing any earlier cut; the harness still reaches every node.
-    Partition(crate::faults::PartitionArgs),
+    Partition(PartitionArgs),
     /// Remove every partition rule from every node.
-    Heal(crate::faults::HealArgs),
+    Heal(HealArgs),
     /// Remove every container, network and volume labelled with the cluster's name.
     Down(NameArgs),
     /// Measure how fast the cluster follows faults.
@@ -50,19 +60,6 @@ pub enum Command {
     /// Grade a submission of the assignment (or clusterlab itself) with a profile: every
     /// scenario once on a fresh cluster; writes report.json and junit.xml.
     Grade(grade::GradeArgs),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Seconds until every survivor's /etc/hosts drops a killed follower and shows a killed
-    /// leader's successor as host0 (per run, median, max).
-    Hosts(crate::bench_hosts::BenchHostsArgs),
-    /// Kill the leader under a steady stream of GETs through the gateway: seconds until the
-    /// new leader answers, failed and slow GETs (per run, median, max).
-    Failover(crate::bench_failover::BenchFailoverArgs),
-    /// Requests/s, p50/p99 latency and CPU per request through the gateway against direct to
-    /// the leader, with a byte relay at the gateway as the floor of the extra hop.
-    Proxy(crate::bench_proxy::BenchProxyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -184,14 +181,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             c.start(&a.target).await?;
             println!("started {}", c.container_name(&a.target)?);
         }
-        Command::Bench(BenchCommand::Hosts(a)) => crate::bench_hosts::run_cli(a).await?,
-        Command::Bench(BenchCommand::Failover(a)) => {
-            crate::bench_failover::run_failover_cli(a).await?
-        }
-        Command::Bench(BenchCommand::Proxy(a)) => crate::bench_proxy::run_cli(a).await?,
+        Command::Bench(b) => bench::run(b).await?,
         Command::Grade(a) => grade::run(a).await?,
-        Command::Partition(a) => crate::faults::run_partition_cli(a).await?,
-        Command::Heal(a) => crate::faults::run_heal_cli(a).await?,
+        Command::Partition(a) => faults::run_partition(a).await?,
+        Command::Heal(a) => faults::run_heal(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
             let n = cluster::down(&docker, &a.name).await?;
@@ -206,13 +199,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why `harness kill TARGET` found no node to kill.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no node reports itself as etcd leader right now")]
+    NoLeader,
+    #[error("no running follower: {0}")]
+    NoFollower(String),
+    #[error(transparent)]
+    Harness(#[from] crate::docker::HarnessError),
+}
+
 /// Resolves `leader`, `follower` or a node name to a node name.
-pub async fn pick_target(c: &Cluster, target: &str) -> anyhow::Result<String> {
+pub async fn pick_target(c: &Cluster, target: &str) -> Result<String, TargetError> {
     match target {
-        "leader" => c
-            .etcd_leader()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no node reports itself as etcd leader right now")),
+        "leader" => c.etcd_leader().await?.ok_or(TargetError::NoLeader),
         "follower" => {
             let st = c.status().await?;
             st.nodes
@@ -221,7 +222,7 @@ pub async fn pick_target(c: &Cluster, target: &str) -> anyhow::Result<String> {
                     n.state.is_running() && n.etcd_role == Some(crate::oracle::Role::Follower)
                 })
                 .map(|n| n.name.clone())
-                .ok_or_else(|| anyhow::anyhow!("no running follower: {}", st.summary()))
+                .ok_or_else(|| TargetError::NoFollower(st.summary()))
         }
         name => {
             c.resolve(name)?;
@@ -243,10 +244,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--env {kv:?} is not KEY=VALUE"))?;
-        if !k.starts_with(agent::config::ENV_PREFIX) {
+        if !k.starts_with(clusterlab_core::config::ENV_PREFIX) {
             anyhow::bail!(
                 "--env {k}: node settings start with {}",
-                agent::config::ENV_PREFIX
+                clusterlab_core::config::ENV_PREFIX
             );
         }
         spec.env.push((k.into(), v.into()));

@@ -15,11 +15,10 @@
 //! and leader containers and the client (this process) used, per request served: on a
 //! small machine where all of them share the cores, that is what sets the throughput.
 
-use crate::bench_failover::{
-    load_average, service_url, up_with_gateway, wait_proxy_serves_leader, BenchClusterArgs,
-    BenchSetup, Http, ProxyCheckError, SERVICE_PORT,
-};
+use super::{up_with_gateway, BenchError, BenchSetup};
 use crate::cluster::Cluster;
+use crate::oracle::percentile;
+use crate::probe::http::{service_url, wait_proxy_serves_leader, Http, SERVICE_PORT};
 use crate::wait::wait_for;
 use bollard::Docker;
 use futures::StreamExt;
@@ -59,15 +58,6 @@ impl CpuUse {
         self.leader_us = sum(self.leader_us, o.leader_us);
         self.client_us = sum(self.client_us, o.client_us);
     }
-}
-
-/// The `p`-th percentile (0–100) of sorted values, nearest rank.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 impl LoadResult {
@@ -316,7 +306,7 @@ pub async fn bench_proxy(
     docker: &Docker,
     opts: &ProxyOptions,
     mut progress: impl FnMut(&str),
-) -> Result<ProxyReport, ProxyCheckError> {
+) -> Result<ProxyReport, BenchError> {
     let (c, gateway) = up_with_gateway(docker, &opts.setup).await?;
     progress(&format!("gateway at {gateway}"));
     let result = proxy_rounds(docker, &c, &gateway, opts, &mut progress).await;
@@ -336,7 +326,7 @@ async fn start_relay(
     http: &Http,
     leader_ip: Ipv4Addr,
     gateway_ip: Ipv4Addr,
-) -> Result<(), ProxyCheckError> {
+) -> Result<(), BenchError> {
     c.spawn_in_gateway(
         &format!(
             "/usr/local/bin/proxy --relay-to {leader_ip}:{SERVICE_PORT} --listen 0.0.0.0:{RELAY_PORT}"
@@ -353,7 +343,7 @@ async fn start_relay(
             match http.get(&url, Duration::from_secs(1)).await {
                 Ok(r) if r.status == 200 => Ok(()),
                 Ok(r) => Err(format!("HTTP {}", r.status)),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             }
         },
     )
@@ -367,7 +357,7 @@ async fn proxy_rounds(
     gateway: &str,
     opts: &ProxyOptions,
     progress: &mut impl FnMut(&str),
-) -> Result<ProxyReport, ProxyCheckError> {
+) -> Result<ProxyReport, BenchError> {
     let http = Http::new();
     let (leader, _) = wait_proxy_serves_leader(
         &http,
@@ -418,9 +408,10 @@ async fn proxy_rounds(
     }
     let still = c.etcd_leader().await?;
     if still.as_deref() != Some(leader.as_str()) {
-        return Err(ProxyCheckError::Check(format!(
-            "the leader changed during the benchmark ({leader} → {still:?}); run it again"
-        )));
+        return Err(BenchError::LeaderChanged {
+            from: leader,
+            to: still,
+        });
     }
     Ok(ProxyReport {
         leader,
@@ -429,75 +420,9 @@ async fn proxy_rounds(
     })
 }
 
-/// `harness bench proxy`: requests/s, p50/p99 latency and CPU per request of GETs straight to
-/// the leader, through the gateway's published port, through the gateway at its container
-/// address, and through a byte relay at the gateway (the floor of any proxy there); same
-/// client, same run, alternating rounds. Exits non-zero if the gateway reaches less than 0.9×
-/// the direct throughput on any path.
-#[derive(clap::Args, Debug)]
-pub struct BenchProxyArgs {
-    /// Path requested on every way (repeatable): `/api/status` is tiny, so the cost of the
-    /// hop shows in full; `/` is the leader's page, which reads etcd.
-    #[arg(long = "path", default_values_t = ["/api/status".to_string(), "/".to_string()])]
-    pub paths: Vec<String>,
-    /// Concurrent closed-loop clients.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-    /// Seconds per round; each way gets ROUNDS rounds per path, alternating.
-    #[arg(long, default_value_t = 3.0)]
-    pub round_s: f64,
-    /// Rounds per way and path.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    #[command(flatten)]
-    pub cluster: BenchClusterArgs,
-}
-
-/// Runs `harness bench proxy` and prints its report.
-pub async fn run_cli(a: BenchProxyArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        a.round_s.is_finite() && a.round_s > 0.0,
-        "--round-s must be a positive number of seconds"
-    );
-    if let Some(p) = a.paths.iter().find(|p| !p.starts_with('/')) {
-        anyhow::bail!("--path {p:?} must start with /");
-    }
-    let docker = crate::docker::connect().await?;
-    let opts = ProxyOptions {
-        setup: a.cluster.setup(&docker).await?,
-        paths: a.paths.clone(),
-        concurrency: a.concurrency,
-        round: Duration::from_secs_f64(a.round_s),
-        rounds: a.rounds,
-    };
-    println!(
-        "bench proxy: GET {} with {} clients, {} × {:.1} s per way and path (cluster {}); {}",
-        opts.paths.join(" and "),
-        opts.concurrency,
-        opts.rounds,
-        a.round_s,
-        opts.setup.name,
-        load_average()
-    );
-    let report = bench_proxy(&docker, &opts, |l| println!("{l}")).await?;
-    print!("{}", report.summary());
-    anyhow::ensure!(report.meets_target(), "proxy benchmark missed its target");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        assert_eq!(percentile(&[7.0], 99.0), 7.0);
-        assert!(percentile(&[], 50.0).is_nan());
-    }
 
     fn r(ok: usize, gateway_us: f64) -> LoadResult {
         LoadResult {

@@ -1,0 +1,206 @@
+//! `harness bench …`: the benchmarks' flags, turned into the option structs of
+//! [`crate::bench`]; run lines are printed as they finish, the totals close the report, and a
+//! missed target makes the command fail.
+
+use super::ImagesArgs;
+use crate::bench::failover::{bench_failover, FailoverOptions};
+use crate::bench::hosts::{bench_hosts, BenchOptions};
+use crate::bench::proxy::{bench_proxy, ProxyOptions};
+use crate::bench::{load_average, BenchSetup};
+use crate::names::Subnet;
+use bollard::Docker;
+use clap::{Args, Subcommand};
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Seconds until every survivor's /etc/hosts drops a killed follower and shows a killed
+    /// leader's successor as host0 (per run, median, max).
+    Hosts(BenchHostsArgs),
+    /// Kill the leader under a steady stream of GETs through the gateway: seconds until the
+    /// new leader answers, failed and slow GETs (per run, median, max).
+    Failover(BenchFailoverArgs),
+    /// Requests/s, p50/p99 latency and CPU per request through the gateway against direct to
+    /// the leader, with a byte relay at the gateway as the floor of the extra hop.
+    Proxy(BenchProxyArgs),
+}
+
+/// Runs one benchmark.
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Hosts(a) => run_hosts(a).await,
+        BenchCommand::Failover(a) => run_failover(a).await,
+        BenchCommand::Proxy(a) => run_proxy(a).await,
+    }
+}
+
+/// `harness bench hosts`: kill a follower, then the leader, RUNS times on a cluster of its
+/// own, and print per run and as median/max the seconds until every survivor's /etc/hosts
+/// dropped the follower and showed the new leader as host0. Exits non-zero if a target is
+/// missed (follower: max ≤ lease TTL + 2 s; new host0: median ≤ 2.5 s).
+#[derive(Args, Debug)]
+pub struct BenchHostsArgs {
+    /// Number of runs (each kills a follower and then the leader).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    pub runs: usize,
+    /// Nodes in the benchmark cluster (at least 3).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(3..=50))]
+    pub nodes: usize,
+    /// TTL in seconds of each node's lease.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Name of the benchmark's own cluster (removed at the end).
+    #[arg(long, default_value = "clusterlab-bench")]
+    pub name: String,
+    /// Subnet of the benchmark cluster, apart from the default cluster's.
+    #[arg(long, default_value = "10.77.100.0/24")]
+    pub subnet: Subnet,
+    #[command(flatten)]
+    pub images: ImagesArgs,
+}
+
+async fn run_hosts(a: BenchHostsArgs) -> anyhow::Result<()> {
+    let docker = crate::docker::connect().await?;
+    let images = crate::images::ensure_images(&docker, &a.images.options()).await?;
+    let opts = BenchOptions {
+        runs: a.runs,
+        nodes: a.nodes,
+        lease_ttl_s: a.lease_ttl,
+        name: a.name,
+        subnet: a.subnet,
+        image: images.node,
+    };
+    println!(
+        "bench hosts: {} runs on {} nodes (cluster {}, lease TTL {} s)",
+        opts.runs, opts.nodes, opts.name, opts.lease_ttl_s
+    );
+    // Run lines are printed as they finish; the totals close the report.
+    let report = bench_hosts(&docker, &opts, |line| println!("{line}")).await?;
+    print!("{}", report.totals());
+    anyhow::ensure!(report.meets_targets(), "hosts benchmark missed a target");
+    Ok(())
+}
+
+/// Arguments shared by the failover and proxy benchmarks.
+#[derive(Args, Debug)]
+pub struct BenchClusterArgs {
+    /// Nodes in the benchmark cluster (at least 3).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// TTL in seconds of each node's lease.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Name of the benchmark's own cluster (removed at the end).
+    #[arg(long, default_value = "clusterlab-bench-proxy")]
+    pub name: String,
+    /// Subnet of the benchmark cluster, apart from the default cluster's.
+    #[arg(long, default_value = "10.77.101.0/24")]
+    pub subnet: Subnet,
+    #[command(flatten)]
+    pub images: ImagesArgs,
+}
+
+impl BenchClusterArgs {
+    async fn setup(&self, docker: &Docker) -> anyhow::Result<BenchSetup> {
+        let images = crate::images::ensure_images(docker, &self.images.options()).await?;
+        Ok(BenchSetup {
+            nodes: self.nodes,
+            lease_ttl_s: self.lease_ttl,
+            name: self.name.clone(),
+            subnet: self.subnet,
+            image: images.node,
+        })
+    }
+}
+
+/// `harness bench failover`: kill the leader RUNS times under a steady stream of GETs through
+/// the gateway; print per run and as median/max the seconds from the kill to the first
+/// response from the new leader, the failed GETs and the GETs slower than 1 s. Exits non-zero
+/// if a target is missed (median ≤ 2.5 s, max ≤ 4 s, no failed GET).
+#[derive(Args, Debug)]
+pub struct BenchFailoverArgs {
+    /// Number of leader kills.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Milliseconds between GETs of the stream.
+    #[arg(long, default_value_t = 25)]
+    pub interval_ms: u64,
+    #[command(flatten)]
+    pub cluster: BenchClusterArgs,
+}
+
+async fn run_failover(a: BenchFailoverArgs) -> anyhow::Result<()> {
+    let docker = crate::docker::connect().await?;
+    let opts = FailoverOptions {
+        setup: a.cluster.setup(&docker).await?,
+        runs: a.runs,
+        interval: Duration::from_millis(a.interval_ms.max(1)),
+    };
+    println!(
+        "bench failover: {} leader kills on {} nodes (cluster {}), one GET through the gateway every {} ms; {}",
+        opts.runs,
+        opts.setup.nodes,
+        opts.setup.name,
+        a.interval_ms,
+        load_average()
+    );
+    let report = bench_failover(&docker, &opts, |l| println!("{l}")).await?;
+    print!("{}", report.summary());
+    anyhow::ensure!(report.meets_targets(), "failover benchmark missed a target");
+    Ok(())
+}
+
+/// `harness bench proxy`: requests/s, p50/p99 latency and CPU per request of GETs straight to
+/// the leader, through the gateway's published port, through the gateway at its container
+/// address, and through a byte relay at the gateway (the floor of any proxy there); same
+/// client, same run, alternating rounds. Exits non-zero if the gateway reaches less than 0.9×
+/// the direct throughput on any path.
+#[derive(Args, Debug)]
+pub struct BenchProxyArgs {
+    /// Path requested on every way (repeatable): `/api/status` is tiny, so the cost of the
+    /// hop shows in full; `/` is the leader's page, which reads etcd.
+    #[arg(long = "path", default_values_t = ["/api/status".to_string(), "/".to_string()])]
+    pub paths: Vec<String>,
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Seconds per round; each way gets ROUNDS rounds per path, alternating.
+    #[arg(long, default_value_t = 3.0)]
+    pub round_s: f64,
+    /// Rounds per way and path.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[command(flatten)]
+    pub cluster: BenchClusterArgs,
+}
+
+async fn run_proxy(a: BenchProxyArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.round_s.is_finite() && a.round_s > 0.0,
+        "--round-s must be a positive number of seconds"
+    );
+    if let Some(p) = a.paths.iter().find(|p| !p.starts_with('/')) {
+        anyhow::bail!("--path {p:?} must start with /");
+    }
+    let docker = crate::docker::connect().await?;
+    let opts = ProxyOptions {
+        setup: a.cluster.setup(&docker).await?,
+        paths: a.paths.clone(),
+        concurrency: a.concurrency,
+        round: Duration::from_secs_f64(a.round_s),
+        rounds: a.rounds,
+    };
+    println!(
+        "bench proxy: GET {} with {} clients, {} × {:.1} s per way and path (cluster {}); {}",
+        opts.paths.join(" and "),
+        opts.concurrency,
+        opts.rounds,
+        a.round_s,
+        opts.setup.name,
+        load_average()
+    );
+    let report = bench_proxy(&docker, &opts, |l| println!("{l}")).await?;
+    print!("{}", report.summary());
+    anyhow::ensure!(report.meets_target(), "proxy benchmark missed its target");
+    Ok(())
+}

@@ -122,9 +122,12 @@ pub enum NoLeader {
 }
 
 /// etcd's raft leader as the reachable members report it: the member that calls itself
-/// leader in the highest term, provided every reachable member of that term names it (an
-/// isolated old leader of a lower term that still believes it leads is outvoted by the
-/// term). Unreachable members (`Err`) neither help nor hinder.
+/// leader in the highest term, provided no reachable member of that term names another
+/// leader (an isolated old leader of a lower term that still believes it leads is outvoted
+/// by the term). A member that knows no leader (a follower cut off from the leader, which
+/// with pre-vote stays in the leader's term) does not dissent, and unreachable members
+/// (`Err`) neither help nor hinder. [`unanimous_leader`] is the stricter rule for "the group
+/// has settled".
 pub fn raft_leader<N: fmt::Display, E: fmt::Display>(
     probes: &[(N, Result<MemberStatus, E>)],
 ) -> Result<&N, NoLeader> {
@@ -141,7 +144,7 @@ pub fn raft_leader<N: fmt::Display, E: fmt::Display>(
     };
     let dissent = ok
         .iter()
-        .any(|(_, s)| s.term == st.term && s.leader_id != st.member_id);
+        .any(|(_, s)| s.term == st.term && s.leader_id != 0 && s.leader_id != st.member_id);
     if dissent {
         return Err(NoLeader::Disagree(describe(probes)));
     }
@@ -690,6 +693,13 @@ mod tests {
             ("n2", st(3, 2, 3)),
         ];
         assert_eq!(*raft_leader(&stale).unwrap(), "n1");
+        // A follower cut off from the leader knows none but names no other one.
+        let cut_off = vec![
+            ("n0", st(1, 1, 2)),
+            ("n1", st(2, 0, 2)),
+            ("n2", st(3, 1, 2)),
+        ];
+        assert_eq!(*raft_leader(&cut_off).unwrap(), "n0");
         let none = vec![("n0", st(1, 0, 2)), ("n1", st(2, 0, 2))];
         let e = raft_leader(&none).unwrap_err();
         assert!(matches!(e, NoLeader::NoneClaims(_)), "{e}");

@@ -183,7 +183,7 @@ impl HostEntry {
 
 /// The `N` of `host<N>`, written as the renderer writes it (decimal, no sign, no leading
 /// zero).
-fn parse_alias(alias: &str) -> Option<usize> {
+pub fn parse_alias(alias: &str) -> Option<usize> {
     let digits = alias.strip_prefix("host")?;
     let n: usize = digits.parse().ok()?;
     (n.to_string() == digits).then_some(n)

@@ -237,6 +237,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// The clusterlab block's markers and its extraction, as hostsgen writes them: the harness
 /// reads what hostsgen wrote and compares it with what it computes here.
 pub use clusterlab_core::hosts::{extract_block as block_of, BEGIN, END};
+use clusterlab_core::hosts::{parse_alias, HostEntry, HostsLine};
 
 /// A node of a cluster: its name and address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,30 +267,21 @@ impl HostLine {
     }
 }
 
-/// N when `word` is `hostN` (no sign, no leading zeros).
-fn host_number(word: &str) -> Option<u32> {
-    let digits = word.strip_prefix("host")?;
-    let canonical = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'));
-    canonical.then(|| digits.parse().ok()).flatten()
-}
-
 /// Every `hostN` name in a hosts file with the address of its line. Comments and other
 /// names (localhost, Docker's own line) are ignored.
 pub fn parse_host_lines(text: &str) -> Vec<HostLine> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let mut words = line.split_whitespace();
-        let Some(address) = words.next() else {
+        // A line whose address does not parse names no reachable host: the table is judged
+        // as if it were absent (the node then shows up as missing).
+        let Ok(Some(entry)) = HostsLine::parse(line) else {
             continue;
         };
-        for w in words {
-            if let Some(number) = host_number(w) {
+        for name in &entry.names {
+            if let Some(number) = parse_alias(name) {
                 out.push(HostLine {
-                    number,
-                    address: address.to_string(),
+                    number: number as u32,
+                    address: entry.ip.to_string(),
                 });
             }
         }
@@ -597,12 +589,9 @@ pub fn describe_block(block: Option<&str>) -> String {
     let entries: Vec<String> = b
         .lines()
         .filter(|l| l.trim() != BEGIN && l.trim() != END)
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [_, alias, name] => format!("{alias}={name}"),
-                _ => format!("MALFORMED({l:?})"),
-            }
+        .map(|l| match HostEntry::parse(l) {
+            Ok(e) => format!("{}={}", e.alias(), e.name),
+            Err(_) => format!("MALFORMED({l:?})"),
         })
         .collect();
     if entries.is_empty() {
@@ -614,13 +603,11 @@ pub fn describe_block(block: Option<&str>) -> String {
 
 /// The node name on the block's `host0` line, if there is one.
 pub fn host0_of(block: &str) -> Option<String> {
-    block.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        match f.as_slice() {
-            [_, "host0", name] => Some(name.to_string()),
-            _ => None,
-        }
-    })
+    block
+        .lines()
+        .filter_map(|l| HostEntry::parse(l).ok())
+        .find(|e| e.index == 0)
+        .map(|e| e.name)
 }
 
 /// A node's name and its clusterlab block as read (`None`: the file has none).

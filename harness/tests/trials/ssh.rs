@@ -153,21 +153,12 @@ async fn wait_mesh(
 /// `hostN` alias of every node in `node`'s current hosts block.
 async fn aliases(c: &Cluster, node: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let text = read_file(c, node, "/etc/hosts").await?;
-    let mut inside = false;
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        match line.trim() {
-            "# BEGIN clusterlab" => inside = true,
-            "# END clusterlab" => inside = false,
-            l if inside => {
-                if let [_, alias, name] = l.split_whitespace().collect::<Vec<_>>().as_slice() {
-                    out.insert(name.to_string(), alias.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
+    let block = clusterlab_core::hosts::extract_block(&text)
+        .ok_or_else(|| anyhow::anyhow!("{node}'s /etc/hosts has no clusterlab block"))?;
+    Ok(clusterlab_core::hosts::parse_block(&block)?
+        .into_iter()
+        .map(|e| (e.name.clone(), e.alias()))
+        .collect())
 }
 
 /// The stock client as the cluster user, from `from` to each of `to` under each of its three

@@ -2,14 +2,15 @@
 //! block in a file (`host0` is the leader), the homework's way.
 //!
 //! The etcd follower watches through every endpoint at once. A watch through the node that
-//! has just been killed goes silent until gRPC keep-alive gives up on it (seconds), which
+//! has just been killed goes silent until TCP keep-alive gives up on it (seconds), which
 //! would be the whole failover budget; the other endpoints' watches deliver the new leader
 //! key at once. Each endpoint reports what it saw with the etcd revision it saw it at, and
 //! [`Merge`] keeps the newest, so a lagging or reconnecting endpoint never sets an older
 //! leader back. A lost, cancelled or compacted watch is resynced with a fresh read.
 //!
-//! etcd is read through its HTTP/JSON gateway ([`crate::gateway`]), not gRPC: a watch through
-//! a node that has vanished is noticed by TCP keep-alive, on gRPC keep-alive's schedule.
+//! etcd is read through its HTTP/JSON gateway ([`crate::gateway`]) rather than gRPC, with
+//! the timeouts of `clusterlab_core::etcd` (TCP keep-alive on the schedule of the other
+//! programs' gRPC keep-alive).
 
 use crate::gateway::{EventType, Gateway, GatewayError, RangeResponse, WatchResponse};
 use crate::upstream::{Tracker, Upstream};

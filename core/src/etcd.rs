@@ -1,4 +1,5 @@
-//! The etcd client connection every clusterlab program uses.
+//! The etcd connection every clusterlab program uses: its timeouts, and (feature `etcd`) an
+//! etcd-client connection that applies them.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A client for one or more endpoints with short timeouts suited to a cluster lab.
+#[cfg(feature = "etcd")]
 pub async fn connect(endpoint: &str) -> Result<etcd_client::Client, etcd_client::Error> {
     let opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)

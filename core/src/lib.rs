@@ -7,7 +7,9 @@
 //! - [`config`] (feature `config`): node configuration (figment: defaults ← TOML ←
 //!   `CLUSTERLAB_*`). Crates that read no configuration (the proxy) leave the feature off
 //!   and do not pull figment.
-//! - [`etcd`]: the etcd client connection with clusterlab's timeouts.
+//! - [`etcd`]: clusterlab's etcd connection timeouts, and (feature `etcd`) the etcd-client
+//!   connection that applies them. The proxy, which reads etcd through its HTTP/JSON gateway,
+//!   uses the timeouts only and leaves the feature off (no etcd-client, tonic or axum).
 //! - [`backoff`]: the restart backoff shared by the agent's supervisor and sshkeys.
 //! - [`shutdown_signal`] and [`init_tracing`]: process set-up of every node binary.
 

@@ -2,16 +2,20 @@
 //! block in a file (`host0` is the leader), the homework's way.
 //!
 //! The etcd follower watches through every endpoint at once. A watch through the node that
-//! has just been killed goes silent until gRPC keep-alive gives up on it (seconds), which
+//! has just been killed goes silent until TCP keep-alive gives up on it (seconds), which
 //! would be the whole failover budget; the other endpoints' watches deliver the new leader
 //! key at once. Each endpoint reports what it saw with the etcd revision it saw it at, and
 //! [`Merge`] keeps the newest, so a lagging or reconnecting endpoint never sets an older
-//! leader back. A lost or cancelled watch is resynced with a fresh read.
+//! leader back. A lost, cancelled or compacted watch is resynced with a fresh read.
+//!
+//! etcd is read through its HTTP/JSON gateway ([`crate::gateway`]) rather than gRPC, with
+//! the timeouts of `clusterlab_core::etcd` (TCP keep-alive on the schedule of the other
+//! programs' gRPC keep-alive).
 
+use crate::gateway::{EventType, Gateway, GatewayError, RangeResponse, WatchResponse};
 use crate::upstream::{Tracker, Upstream};
 use clusterlab_core::hosts::{self, HostsLine};
 use clusterlab_core::schema::{self, LeaderRecord};
-use etcd_client::{EventType, GetResponse, WatchOptions};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,15 +69,35 @@ fn parse_value(value: &[u8], endpoint: &str) -> Option<LeaderRecord> {
     }
 }
 
-fn observation_of_get(resp: &GetResponse, endpoint: &str) -> Observation {
+/// What a read of the leader key says.
+fn observation_of_range(resp: &RangeResponse, endpoint: &str) -> Observation {
     Observation {
-        revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+        revision: resp.header.revision,
         leader: resp
-            .kvs()
+            .kvs
             .first()
-            .and_then(|kv| parse_value(kv.value(), endpoint)),
+            .and_then(|kv| parse_value(&kv.value, endpoint)),
         endpoint: endpoint.to_string(),
     }
+}
+
+/// What each event of a watch response says, in order.
+fn observations_of_watch(resp: &WatchResponse, endpoint: &str) -> Vec<Observation> {
+    resp.events
+        .iter()
+        .filter_map(|ev| {
+            let kv = ev.kv.as_ref()?;
+            let leader = match ev.kind {
+                EventType::Put => parse_value(&kv.value, endpoint),
+                EventType::Delete => None,
+            };
+            Some(Observation {
+                revision: kv.mod_revision,
+                leader,
+                endpoint: endpoint.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Follows the leader key through all `endpoints` until `stop` is cancelled.
@@ -84,10 +108,13 @@ pub async fn follow_etcd(
     stop: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<Observation>(64);
-    let tasks: Vec<_> = endpoints
-        .into_iter()
-        .map(|ep| tokio::spawn(watch_endpoint(ep, tx.clone(), stop.clone())))
-        .collect();
+    let mut tasks = Vec::new();
+    for ep in endpoints {
+        match Gateway::new(&ep) {
+            Ok(gw) => tasks.push(tokio::spawn(watch_endpoint(gw, tx.clone(), stop.clone()))),
+            Err(e) => tracing::error!(error = %e, "not following the leader through this endpoint"),
+        }
+    }
     drop(tx);
     let mut merge = Merge::default();
     loop {
@@ -113,15 +140,19 @@ pub async fn follow_etcd(
     }
 }
 
+/// First delay before resyncing an endpoint; doubled after each failed cycle.
+const RESYNC_MIN: Duration = Duration::from_millis(200);
+/// Longest delay between resyncs of an endpoint.
+const RESYNC_MAX: Duration = Duration::from_secs(2);
+
 /// Reads and watches the leader key through one endpoint, resyncing after every loss.
-async fn watch_endpoint(endpoint: String, tx: mpsc::Sender<Observation>, stop: CancellationToken) {
-    const MIN: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(2);
-    let mut backoff = MIN;
+async fn watch_endpoint(gateway: Gateway, tx: mpsc::Sender<Observation>, stop: CancellationToken) {
+    let endpoint = gateway.base().to_string();
+    let mut backoff = RESYNC_MIN;
     loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            r = sync_and_watch(&endpoint, &tx, &mut backoff) => r,
+            r = sync_and_watch(&gateway, &tx, &mut backoff) => r,
         };
         if let Err(e) = outcome {
             tracing::debug!(%endpoint, error = %e, "leader watch lost; resyncing");
@@ -133,75 +164,60 @@ async fn watch_endpoint(endpoint: String, tx: mpsc::Sender<Observation>, stop: C
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(MAX);
+        backoff = (backoff * 2).min(RESYNC_MAX);
     }
 }
 
 /// Why one endpoint's read-then-watch cycle ended.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchLost {
-    #[error("connecting: {0}")]
-    Connect(#[source] etcd_client::Error),
-    #[error("reading the leader key timed out")]
-    ReadTimeout,
     #[error("reading the leader key: {0}")]
-    Read(#[source] etcd_client::Error),
+    Read(#[source] GatewayError),
     #[error("opening the watch: {0}")]
-    Open(#[source] etcd_client::Error),
+    Open(#[source] GatewayError),
     #[error("watch: {0}")]
-    Watch(#[source] etcd_client::Error),
+    Watch(#[source] GatewayError),
     #[error("watch stream ended")]
     Ended,
-    #[error("watch cancelled: {0}")]
-    Cancelled(String),
+    #[error("watch cancelled: revision {compact_revision} and older are compacted away")]
+    Compacted { compact_revision: i64 },
+    #[error("watch cancelled: {reason}")]
+    Cancelled { reason: String },
     #[error("merger gone")]
     MergerGone,
 }
 
 /// One read-then-watch cycle; returns why the watch ended.
 async fn sync_and_watch(
-    endpoint: &str,
+    gateway: &Gateway,
     tx: &mpsc::Sender<Observation>,
     backoff: &mut Duration,
 ) -> Result<(), WatchLost> {
-    let mut client = clusterlab_core::etcd::connect(endpoint)
-        .await
-        .map_err(WatchLost::Connect)?;
-    let resp = tokio::time::timeout(Duration::from_secs(3), client.get(schema::LEADER_KEY, None))
-        .await
-        .map_err(|_| WatchLost::ReadTimeout)?
-        .map_err(WatchLost::Read)?;
-    let obs = observation_of_get(&resp, endpoint);
+    let endpoint = gateway.base();
+    let key = schema::LEADER_KEY.as_bytes();
+    let resp = gateway.range(key).await.map_err(WatchLost::Read)?;
+    let obs = observation_of_range(&resp, endpoint);
     let from = obs.revision + 1;
     tx.send(obs).await.map_err(|_| WatchLost::MergerGone)?;
-    let mut stream = client
-        .watch(
-            schema::LEADER_KEY,
-            Some(WatchOptions::new().with_start_revision(from)),
-        )
-        .await
-        .map_err(WatchLost::Open)?;
+    let mut watch = gateway.watch(key, from).await.map_err(WatchLost::Open)?;
     // A read and a watch worked: the endpoint is healthy again.
-    *backoff = Duration::from_millis(200);
+    *backoff = RESYNC_MIN;
     loop {
-        let msg = stream.message().await.map_err(WatchLost::Watch)?;
-        let Some(resp) = msg else {
+        let Some(resp) = watch.message().await.map_err(WatchLost::Watch)? else {
             return Err(WatchLost::Ended);
         };
-        if resp.canceled() {
-            return Err(WatchLost::Cancelled(resp.cancel_reason().to_string()));
+        if resp.canceled {
+            return Err(if resp.compact_revision > 0 {
+                WatchLost::Compacted {
+                    compact_revision: resp.compact_revision,
+                }
+            } else {
+                WatchLost::Cancelled {
+                    reason: resp.cancel_reason,
+                }
+            });
         }
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let leader = match ev.event_type() {
-                EventType::Put => parse_value(kv.value(), endpoint),
-                EventType::Delete => None,
-            };
-            let obs = Observation {
-                revision: kv.mod_revision(),
-                leader,
-                endpoint: endpoint.to_string(),
-            };
+        for obs in observations_of_watch(&resp, endpoint) {
             tx.send(obs).await.map_err(|_| WatchLost::MergerGone)?;
         }
     }

@@ -11,6 +11,7 @@
 //! - [`upstream`]: the current upstream, switch history and counters (`/__proxy/status`).
 //! - [`follow`]: feeding the upstream from etcd's `/clusterlab/leader` (a watch through every
 //!   endpoint, resynced when lost) or from the hosts block of a file.
+//! - [`gateway`]: etcd's HTTP/JSON gateway (`/v3/kv/range`, `/v3/watch`), read with hyper.
 //! - [`forward`]: forwarding one request: hold, retry, stream, WebSocket tunnels.
 //! - [`pool`]: keep-alive connections to upstreams.
 //! - [`relay`]: a plain byte relay, the benchmark's floor for the cost of the extra hop.
@@ -18,6 +19,7 @@
 
 pub mod follow;
 pub mod forward;
+pub mod gateway;
 pub mod pool;
 pub mod relay;
 pub mod upstream;

@@ -1,84 +1,119 @@
 //! The proxy against in-process upstreams on 127.0.0.1: switching without dropping,
 //! WebSockets, holding then 503, and retries after connect failures and dead leaders.
 
-use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{Proxy, Settings, Tracker, Upstream, UPSTREAM_HEADER};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-/// A stand-in leader service named `name`.
-fn app(name: &'static str) -> Router {
-    Router::new()
-        .route("/api/status", get(move || async move { format!("{{\"name\":\"{name}\"}}") }))
+type UpBody = BoxBody<Bytes, std::io::Error>;
+
+fn text(status: StatusCode, body: String) -> Response<UpBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// A stand-in leader service named `name`, on plain hyper.
+async fn app(name: &'static str, req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let ok = |body: String| Ok(text(StatusCode::OK, body));
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/api/status") => ok(format!("{{\"name\":\"{name}\"}}")),
         // Ten chunks, 100 ms apart: a response that is still streaming during a switch.
-        .route(
-            "/slow",
-            get(move || async move {
-                let chunks = futures::stream::unfold(0u32, move |i| async move {
-                    if i == 10 {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Some((Ok::<_, std::io::Error>(format!("{name}-{i};")), i + 1))
-                });
-                axum::body::Body::from_stream(chunks)
-            }),
-        )
-        // Answers only if the name is "b": on "a" it stands for a leader that died mid-request.
-        .route(
-            "/hang",
-            get(move || hang(name)).post(move |body: Bytes| async move {
-                if name == "a" {
-                    std::future::pending::<()>().await;
+        (Method::GET, "/slow") => {
+            let chunks = futures::stream::unfold(0u32, move |i| async move {
+                if i == 10 {
+                    return None;
                 }
-                format!("{name} got {} bytes", body.len())
-            }),
-        )
-        .route(
-            "/echo",
-            post(move |body: Bytes| async move { format!("{name}:{}", String::from_utf8_lossy(&body)) }),
-        )
-        .route("/ws/echo", get(ws_echo))
-        .with_state(name)
-}
-
-async fn hang(name: &'static str) -> String {
-    if name == "a" {
-        std::future::pending::<()>().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let chunk = Bytes::from(format!("{name}-{i};"));
+                Some((Ok::<_, std::io::Error>(Frame::data(chunk)), i + 1))
+            });
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(chunks))))
+        }
+        // Answers only if the name is not "a": "a" stands for a leader that died mid-request.
+        (Method::GET, "/hang") => {
+            if name == "a" {
+                std::future::pending::<()>().await;
+            }
+            ok(format!("{name} answered"))
+        }
+        (Method::POST, "/hang") => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            if name == "a" {
+                std::future::pending::<()>().await;
+            }
+            ok(format!(
+                "{name} got {} bytes",
+                body.map(|b| b.len()).unwrap_or(0)
+            ))
+        }
+        (Method::POST, "/echo") => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let body = body.unwrap_or_default();
+            ok(format!("{name}:{}", String::from_utf8_lossy(&body)))
+        }
+        (Method::GET, "/ws/echo") => Ok(ws_echo(name, req)),
+        _ => Ok(text(StatusCode::NOT_FOUND, "not found".into())),
     }
-    format!("{name} answered")
 }
 
-async fn ws_echo(State(name): State<&'static str>, ws: WebSocketUpgrade) -> impl IntoResponse {
-    ws.on_upgrade(move |mut socket| async move {
-        while let Some(Ok(m)) = socket.recv().await {
-            if let WsMessage::Text(t) = m {
+/// Accepts a WebSocket upgrade and echoes text messages prefixed with `name`.
+fn ws_echo(name: &'static str, mut req: Request<Incoming>) -> Response<UpBody> {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket handshake".into());
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(m)) = socket.next().await {
+            if let Message::Text(t) = m {
                 let reply = format!("{name}:{}", t.as_str());
-                if socket.send(WsMessage::Text(reply.into())).await.is_err() {
+                if socket.send(Message::Text(reply.into())).await.is_err() {
                     return;
                 }
             }
         }
-    })
+    });
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, "websocket".parse().unwrap());
+    h.insert(CONNECTION, "Upgrade".parse().unwrap());
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept.parse().unwrap());
+    resp
 }
 
 async fn start_upstream_on(name: &'static str, addr: SocketAddr) -> Upstream {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(name)).await });
+    tokio::spawn(async move {
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(move |req| app(name, req));
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            tokio::spawn(conn);
+        }
+    });
     Upstream {
         name: name.into(),
         addr,

@@ -14,12 +14,18 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keep-alive ping may go unanswered before the connection counts as dead.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A client for one or more endpoints with short timeouts suited to a cluster lab.
+/// etcd-client options with clusterlab's timeouts and keep-alive; callers add what is
+/// theirs (e.g. `with_require_leader`).
 #[cfg(feature = "etcd")]
-pub async fn connect(endpoint: &str) -> Result<etcd_client::Client, etcd_client::Error> {
-    let opts = etcd_client::ConnectOptions::new()
+pub fn options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT);
-    etcd_client::Client::connect([endpoint], Some(opts)).await
+        .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+}
+
+/// A client for one endpoint with short timeouts suited to a cluster lab.
+#[cfg(feature = "etcd")]
+pub async fn connect(endpoint: &str) -> Result<etcd_client::Client, etcd_client::Error> {
+    etcd_client::Client::connect([endpoint], Some(options())).await
 }

@@ -12,7 +12,7 @@
 use crate::render::{render_table, table, Table};
 use crate::write::{update_hosts_file, write_shared};
 use clusterlab_core::schema::{self, ClusterView, SchemaError};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -65,19 +65,11 @@ pub struct Settings {
     pub shared_hosts: PathBuf,
 }
 
-/// HTTP/2 keep-alive ping interval. etcd's gRPC server refuses pings closer together than
-/// its `--grpc-keepalive-min-time` (5 s by default): after three such pings on a quiet watch
-/// it sends GOAWAY and the watch dies every ~8 s. Loss of the local member is caught by this
-/// ping; loss of quorum by the require-leader flag, which does not depend on it.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// A client with short timeouts that requires its member to have a raft leader.
+/// A client with clusterlab's timeouts (`clusterlab_core::etcd`) that requires its member to
+/// have a raft leader. Loss of the local member is caught by the keep-alive ping; loss of
+/// quorum by the require-leader flag, which does not depend on it.
 pub async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(OP_TIMEOUT)
-        .with_keep_alive(KEEP_ALIVE, Duration::from_secs(5))
-        .with_require_leader(true);
+    let opts = clusterlab_core::etcd::options().with_require_leader(true);
     timed("connecting", Client::connect(endpoints, Some(opts)))
         .await
         .map_err(|e| match e {

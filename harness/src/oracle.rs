@@ -647,6 +647,26 @@ pub fn check_blocks(blocks: &[NodeBlock], expected: &str) -> Result<(), BlockMis
     }
 }
 
+/// Nodes for unit tests of the rules here and of the grader's judge.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::NodeRef;
+    use std::net::Ipv4Addr;
+
+    /// `node<i>` at 10.79.1.(10 + i).
+    pub fn node(i: u8) -> NodeRef {
+        NodeRef {
+            name: format!("node{i}"),
+            ip: Ipv4Addr::new(10, 79, 1, 10 + i),
+        }
+    }
+
+    /// node0 … node2.
+    pub fn nodes() -> Vec<NodeRef> {
+        (0..3).map(node).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,16 +803,7 @@ mod tests {
         assert!(percentile(&[], 50.0).is_nan());
     }
 
-    fn node(i: u8) -> NodeRef {
-        NodeRef {
-            name: format!("node{i}"),
-            ip: Ipv4Addr::new(10, 79, 1, 10 + i),
-        }
-    }
-
-    fn nodes() -> Vec<NodeRef> {
-        (0..3).map(node).collect()
-    }
+    use super::fixtures::{node, nodes};
 
     fn judge(text: &str, leader: u8, live: &[u8], dead: &[u8]) -> Vec<String> {
         let live: Vec<NodeRef> = live.iter().map(|i| node(*i)).collect();

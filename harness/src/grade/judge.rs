@@ -70,18 +70,8 @@ pub fn summarize(problems: &[String], max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
-    fn node(i: u8) -> NodeRef {
-        NodeRef {
-            name: format!("node{i}"),
-            ip: Ipv4Addr::new(10, 79, 1, 10 + i),
-        }
-    }
-
-    fn nodes() -> Vec<NodeRef> {
-        (0..3).map(node).collect()
-    }
+    use crate::oracle::fixtures::nodes;
 
     #[test]
     fn service_on_the_leader_only() {

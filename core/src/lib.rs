@@ -10,6 +10,8 @@
 //! - [`etcd`]: clusterlab's etcd connection timeouts, and (feature `etcd`) the etcd-client
 //!   connection that applies them. The proxy, which reads etcd through its HTTP/JSON gateway,
 //!   uses the timeouts only and leaves the feature off (no etcd-client, tonic or axum).
+//! - [`fsread`]: bounded reads of small files other nodes can write (no symlink, FIFO,
+//!   device or oversized file).
 //! - [`backoff`]: the restart backoff shared by the agent's supervisor and sshkeys.
 //! - [`shutdown_signal`] and [`init_tracing`]: process set-up of every node binary.
 
@@ -17,6 +19,7 @@ pub mod backoff;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod etcd;
+pub mod fsread;
 pub mod hosts;
 pub mod schema;
 

@@ -23,6 +23,8 @@ pub enum WriteError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ReadShared(clusterlab_core::fsread::SmallFileError),
     #[error("renaming {from} to {to}: {source}")]
     Rename {
         from: PathBuf,
@@ -86,26 +88,83 @@ fn padded(text: &str, len: usize) -> Vec<u8> {
     out
 }
 
-/// Writes `block` as the whole content of `path` through a temp file in the same directory
-/// and a rename, only if the content changes. `tag` makes the temp name unique per writer
-/// (the node name), so two nodes that both believe they lead never share a temp file.
-/// Returns whether it wrote.
-pub fn write_shared(path: &Path, block: &str, tag: &str) -> Result<bool, WriteError> {
-    if read_or_empty(path)? == block {
-        return Ok(false);
-    }
+/// How many temp names [`write_shared`] tries before giving up: each is random, so a
+/// clash means something planted files under guessed names.
+const TEMP_NAME_TRIES: usize = 8;
+
+/// Creates a fresh temp file next to `path`, named `.<file>.<tag>.<random>.tmp`. The name is
+/// unpredictable and the file is opened with `O_EXCL | O_NOFOLLOW`: a file or symlink
+/// planted at that name is never followed, truncated or reused; a few other names are tried.
+fn create_temp(path: &Path, tag: &str) -> Result<(PathBuf, std::fs::File), WriteError> {
+    create_temp_named(path, tag, rand::random::<u64>)
+}
+
+/// [`create_temp`] with the random part of each tried name drawn from `suffix`.
+fn create_temp_named(
+    path: &Path,
+    tag: &str,
+    mut suffix: impl FnMut() -> u64,
+) -> Result<(PathBuf, std::fs::File), WriteError> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "hosts".into());
-    let tmp = dir.join(format!(".{file_name}.{tag}.{}.tmp", std::process::id()));
+    let mut last = None;
+    for _ in 0..TEMP_NAME_TRIES {
+        let tmp = dir.join(format!(".{file_name}.{tag}.{:016x}.tmp", suffix()));
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(&tmp);
+        match opened {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                tracing::warn!(path = %tmp.display(), "a file already exists at a fresh temp name; trying another");
+                last = Some((tmp, e));
+            }
+            Err(source) => return Err(WriteError::Write { path: tmp, source }),
+        }
+    }
+    let (path, source) = last.expect("at least one try");
+    Err(WriteError::Write { path, source })
+}
+
+/// The shared copy as it is now, or `None` when it must be rewritten whatever it holds:
+/// missing, or refused as something no hostsgen wrote (a symlink, FIFO, device, an
+/// oversized or non-UTF-8 file). The rename replaces such an entry without opening it.
+fn read_shared(path: &Path) -> Result<Option<String>, WriteError> {
+    use clusterlab_core::fsread::{read_small_file, MAX_HOSTS_FILE_BYTES};
+    match read_small_file(path, MAX_HOSTS_FILE_BYTES) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) if e.is_refused() => {
+            tracing::warn!(error = %e, "replacing the shared hosts file");
+            Ok(None)
+        }
+        Err(source) => Err(WriteError::ReadShared(source)),
+    }
+}
+
+/// Writes `block` as the whole content of `path` through a temp file in the same directory
+/// and a rename, only if the content changes. The temp file gets a fresh random name
+/// (prefixed with `tag`, the node name, to tell writers apart) and is created exclusively,
+/// never through a symlink: the directory is writable by every node.
+/// Returns whether it wrote.
+pub fn write_shared(path: &Path, block: &str, tag: &str) -> Result<bool, WriteError> {
+    if read_shared(path)?.as_deref() == Some(block) {
+        return Ok(false);
+    }
+    let (tmp, mut f) = create_temp(path, tag)?;
     let werr = |source| WriteError::Write {
         path: tmp.clone(),
         source,
     };
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
         f.write_all(block.as_bytes()).map_err(werr)?;
         // Other nodes read the file as soon as the rename lands; the data must be there.
         f.sync_all().map_err(werr)?;
@@ -222,6 +281,110 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["hosts"]);
+    }
+
+    #[test]
+    fn planted_symlinks_at_temp_names_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let path = shared.join("hosts");
+        // Victims outside the shared folder, one per planted link.
+        let victim_old = dir.path().join("etcd-db");
+        let victim_new = dir.path().join("other");
+        std::fs::write(&victim_old, "precious").unwrap();
+        std::fs::write(&victim_new, "precious too").unwrap();
+        // The old predictable name, and a name in the new pattern.
+        let old_name = shared.join(format!(".hosts.node0.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim_old, &old_name).unwrap();
+        let new_name = shared.join(format!(".hosts.node0.{:016x}.tmp", 7u64));
+        std::os::unix::fs::symlink(&victim_new, &new_name).unwrap();
+
+        assert!(write_shared(&path, B1, "node0").unwrap());
+        assert!(write_shared(&path, B2, "node0").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), B2);
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim_old).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&victim_new).unwrap(), "precious too");
+        // The planted links are still there, untouched; no temp file of ours is left.
+        let mut names: Vec<_> = std::fs::read_dir(&shared)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            "hosts".to_string(),
+            old_name.file_name().unwrap().to_string_lossy().into_owned(),
+            new_name.file_name().unwrap().to_string_lossy().into_owned(),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn temp_names_are_fresh_and_a_taken_name_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let (a, _fa) = create_temp(&path, "node0").unwrap();
+        let (b, _fb) = create_temp(&path, "node0").unwrap();
+        assert_ne!(a, b);
+        let a_name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(a_name.starts_with(".hosts.node0.") && a_name.ends_with(".tmp"), "{a_name}");
+        // A symlink planted at the first name drawn: the next name is used, the link kept.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.path().join(format!(".hosts.node1.{:016x}.tmp", 1u64));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let mut draws = [1u64, 2].into_iter();
+        let (c, _fc) = create_temp_named(&path, "node1", || draws.next().unwrap()).unwrap();
+        assert_eq!(c, dir.path().join(format!(".hosts.node1.{:016x}.tmp", 2u64)));
+        assert!(std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // Every name taken: an error naming the last one, nothing truncated.
+        let e = create_temp_named(&path, "node1", || 1).unwrap_err();
+        assert!(e.to_string().contains(&planted.display().to_string()), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory at the shared path: the rename onto it fails.
+        let path = dir.path().join("hosts");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), "x").unwrap();
+        let e = write_shared(&path, B1, "node0").unwrap_err();
+        assert!(matches!(e, WriteError::Rename { .. }), "{e}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["hosts"]);
+    }
+
+    #[test]
+    fn a_planted_fifo_symlink_or_huge_file_at_the_shared_path_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, B1).unwrap();
+        // A symlink to a file holding the very block: still replaced, victim untouched.
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(write_shared(&path, B1, "node0").unwrap());
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), B1);
+        // A FIFO does not block the writer.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(write_shared(&path, B2, "node0").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), B2);
+        // An oversized file is replaced without being read whole.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(64 * 1024 * 1024)
+            .unwrap();
+        assert!(write_shared(&path, B1, "node0").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), B1);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use crate::gateway::{EventType, Gateway, GatewayError, RangeResponse, WatchResponse};
 use crate::upstream::{Tracker, Upstream};
+use clusterlab_core::fsread::{read_small_file, SmallFileError, MAX_HOSTS_FILE_BYTES};
 use clusterlab_core::hosts::{self, HostsLine};
 use clusterlab_core::schema::{self, LeaderRecord};
 use std::net::{IpAddr, SocketAddr};
@@ -300,8 +301,30 @@ pub async fn follow_file(
     }
 }
 
-async fn read_leader(path: &Path) -> std::io::Result<FileLeader> {
-    let text = tokio::fs::read_to_string(path).await?;
+/// Why the hosts file followed by [`follow_file`] could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowFileError {
+    /// Missing, refused (symlink, FIFO, device, oversized, not UTF-8) or unreadable.
+    #[error(transparent)]
+    Read(#[from] SmallFileError),
+    #[error("reading {path}: the reading task failed: {source}")]
+    Task {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// The leader named by the hosts file at `path`, read with a size limit and never through a
+/// symlink, FIFO or device: the file may be on a volume that every node can write.
+async fn read_leader(path: &Path) -> Result<FileLeader, FollowFileError> {
+    let owned = path.to_path_buf();
+    let text = tokio::task::spawn_blocking(move || read_small_file(&owned, MAX_HOSTS_FILE_BYTES))
+        .await
+        .map_err(|source| FollowFileError::Task {
+            path: path.to_path_buf(),
+            source,
+        })??;
     Ok(leader_in_hosts(&text))
 }
 
@@ -408,6 +431,58 @@ mod tests {
             .await
             .expect("no leader without the file")
             .unwrap();
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_follower_refuses_a_fifo_an_oversized_file_and_a_symlink_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let good = "# BEGIN clusterlab\n10.77.0.11 host0 node1\n# END clusterlab\n";
+        let tracker = Arc::new(Tracker::new("file"));
+        let stop = CancellationToken::new();
+        let rx = tracker.subscribe();
+        std::fs::write(&path, good).unwrap();
+        let task = tokio::spawn(follow_file(
+            path.clone(),
+            8888,
+            Duration::from_millis(20),
+            tracker.clone(),
+            stop.clone(),
+        ));
+        let wait = |want: bool| {
+            let mut rx = rx.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|u| u.is_some() == want))
+                    .await
+                    .expect("the follower kept going")
+                    .map(|_| ())
+                    .unwrap();
+            }
+        };
+        wait(true).await;
+        // A FIFO: refused at once, no leader, and the follower does not block on it.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        wait(false).await;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, good).unwrap();
+        wait(true).await;
+        // An oversized file (sparse: nothing to write) is refused.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_HOSTS_FILE_BYTES + 1)
+            .unwrap();
+        wait(false).await;
+        std::fs::write(&path, good).unwrap();
+        wait(true).await;
+        // A symlink to a file that names the same leader is refused too.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, good).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        wait(false).await;
         stop.cancel();
         task.await.unwrap();
     }

@@ -123,9 +123,7 @@ pub async fn verify(
         dir: paths.hosts_dir.clone(),
         source,
     })?;
-    let block = assemble::parse_hosts_block(
-        &std::fs::read_to_string(&paths.hosts_file).unwrap_or_default(),
-    );
+    let block = assemble::parse_hosts_block(&sync::read_hosts_file(&paths.hosts_file));
     let targets = verify::resolve(selection, &config.peer_list(), &hosts, &block, port);
     let results = verify::check_all(&targets, &config.ssh.user, key, timeout).await;
     Ok(verify::Report::new(&config.name, results))

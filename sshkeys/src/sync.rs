@@ -85,6 +85,21 @@ pub struct RebuildOutcome {
     pub known_hosts_changed: bool,
 }
 
+/// The text of the shared hosts file, or nothing when it is missing or refused: it is on a
+/// volume every node can write, so it is read with a size limit and never through a
+/// symlink, FIFO or device. A missing or unreadable file only costs the hostN aliases.
+pub(crate) fn read_hosts_file(path: &std::path::Path) -> String {
+    use clusterlab_core::fsread::{read_small_file, MAX_HOSTS_FILE_BYTES};
+    match read_small_file(path, MAX_HOSTS_FILE_BYTES) {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => String::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the shared hosts file");
+            String::new()
+        }
+    }
+}
+
 /// Scans the shared folders and rewrites authorized_keys and ssh_known_hosts where they
 /// changed. Also republishes this node's own keys if their files went missing or changed.
 pub fn rebuild(ctx: &TrustContext) -> Result<RebuildOutcome, SyncError> {
@@ -94,7 +109,7 @@ pub fn rebuild(ctx: &TrustContext) -> Result<RebuildOutcome, SyncError> {
     let hosts = scan::scan_dir(&ctx.paths.hosts_dir)
         .map_err(|e| FsError::new("reading", &ctx.paths.hosts_dir, e))?;
     // A missing or unreadable hosts file only costs the hostN aliases.
-    let hosts_text = std::fs::read_to_string(&ctx.paths.hosts_file).unwrap_or_default();
+    let hosts_text = read_hosts_file(&ctx.paths.hosts_file);
     let block = assemble::parse_hosts_block(&hosts_text);
     let host_nodes: Vec<&str> = hosts.keys.iter().map(|p| p.name.as_str()).collect();
     let names = assemble::host_names(&host_nodes, &ctx.peers, &block);
@@ -431,5 +446,34 @@ mod tests {
         let fourth = rebuild(&ctx).unwrap();
         assert!(fourth.republished);
         assert!(fourth.users.contains(&"node0".to_string()));
+    }
+
+    #[test]
+    fn the_shared_hosts_file_is_read_bounded_and_never_through_a_fifo_or_symlink() {
+        use clusterlab_core::fsread::MAX_HOSTS_FILE_BYTES;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let good = "# BEGIN clusterlab\n10.77.0.10 host0 node0\n# END clusterlab\n";
+        assert_eq!(read_hosts_file(&path), "", "missing");
+        std::fs::write(&path, good).unwrap();
+        assert_eq!(read_hosts_file(&path), good);
+        // A FIFO with no writer: a plain read would block forever.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(read_hosts_file(&path), "");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        std::fs::remove_file(&path).unwrap();
+        // Oversized (sparse), and a symlink to a good file: both ignored.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_HOSTS_FILE_BYTES + 1)
+            .unwrap();
+        assert_eq!(read_hosts_file(&path), "");
+        std::fs::remove_file(&path).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, good).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert_eq!(read_hosts_file(&path), "");
     }
 }

@@ -173,8 +173,14 @@ mod tests {
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         let start = Instant::now();
         let e = read_small_file(&p, MAX_HOSTS_FILE_BYTES).unwrap_err();
-        assert!(start.elapsed() < Duration::from_secs(2), "blocked on the FIFO");
-        assert!(matches!(e, SmallFileError::NotRegular { kind: "FIFO", .. }), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "blocked on the FIFO"
+        );
+        assert!(
+            matches!(e, SmallFileError::NotRegular { kind: "FIFO", .. }),
+            "{e}"
+        );
         assert!(e.is_refused() && !e.is_not_found());
         assert!(e.to_string().contains(&p.display().to_string()), "{e}");
     }
@@ -183,7 +189,13 @@ mod tests {
     fn dev_zero_is_refused() {
         let e = read_small_file(Path::new("/dev/zero"), MAX_HOSTS_FILE_BYTES).unwrap_err();
         assert!(
-            matches!(e, SmallFileError::NotRegular { kind: "character device", .. }),
+            matches!(
+                e,
+                SmallFileError::NotRegular {
+                    kind: "character device",
+                    ..
+                }
+            ),
             "{e}"
         );
     }
@@ -192,7 +204,16 @@ mod tests {
     fn a_directory_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let e = read_small_file(d.path(), 100).unwrap_err();
-        assert!(matches!(e, SmallFileError::NotRegular { kind: "directory", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                SmallFileError::NotRegular {
+                    kind: "directory",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -201,9 +222,15 @@ mod tests {
         let p = d.path().join("hosts");
         std::fs::write(&p, vec![b'x'; 101]).unwrap();
         let e = read_small_file(&p, 100).unwrap_err();
-        assert!(matches!(e, SmallFileError::TooLarge { limit: 100, .. }), "{e}");
+        assert!(
+            matches!(e, SmallFileError::TooLarge { limit: 100, .. }),
+            "{e}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains(&p.display().to_string()) && msg.contains("100"), "{msg}");
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains("100"),
+            "{msg}"
+        );
         // A sparse file far beyond the limit is refused without being read.
         let big = d.path().join("big");
         std::fs::File::create(&big)

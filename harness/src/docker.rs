@@ -28,6 +28,9 @@ pub enum HarnessError {
     /// A cluster name that cannot prefix Docker object names.
     #[error(transparent)]
     BadClusterName(#[from] crate::names::BadClusterName),
+    /// A submission's folder could not be packed as a build context.
+    #[error(transparent)]
+    Context(#[from] crate::grade::runner::ContextError),
     /// A node that the cluster does not have.
     #[error("no node {node:?} in cluster {cluster} (nodes: {known})")]
     UnknownNode {

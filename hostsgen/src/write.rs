@@ -134,17 +134,18 @@ fn create_temp_named(
     Err(WriteError::Write { path, source })
 }
 
-/// The shared copy as it is now, or `None` when it must be rewritten whatever it holds:
-/// missing, or refused as something no hostsgen wrote (a symlink, FIFO, device, an
-/// oversized or non-UTF-8 file). The rename replaces such an entry without opening it.
-fn read_shared(path: &Path) -> Result<Option<String>, WriteError> {
+/// Whether the shared copy at `path` holds exactly `block`. A missing file does not, and
+/// neither does anything no hostsgen wrote (a symlink, FIFO, device, an oversized or
+/// non-UTF-8 file): it is refused unread or read only up to the limit, and the rename
+/// replaces the entry without opening it.
+fn shared_holds(path: &Path, block: &str) -> Result<bool, WriteError> {
     use clusterlab_core::fsread::{read_small_file, MAX_HOSTS_FILE_BYTES};
     match read_small_file(path, MAX_HOSTS_FILE_BYTES) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.is_not_found() => Ok(None),
+        Ok(text) => Ok(text == block),
+        Err(e) if e.is_not_found() => Ok(false),
         Err(e) if e.is_refused() => {
             tracing::warn!(error = %e, "replacing the shared hosts file");
-            Ok(None)
+            Ok(false)
         }
         Err(source) => Err(WriteError::ReadShared(source)),
     }
@@ -156,7 +157,7 @@ fn read_shared(path: &Path) -> Result<Option<String>, WriteError> {
 /// never through a symlink: the directory is writable by every node.
 /// Returns whether it wrote.
 pub fn write_shared(path: &Path, block: &str, tag: &str) -> Result<bool, WriteError> {
-    if read_shared(path)?.as_deref() == Some(block) {
+    if shared_holds(path, block)? {
         return Ok(false);
     }
     let (tmp, mut f) = create_temp(path, tag)?;
@@ -303,9 +304,15 @@ mod tests {
         assert!(write_shared(&path, B1, "node0").unwrap());
         assert!(write_shared(&path, B2, "node0").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), B2);
-        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read_to_string(&victim_old).unwrap(), "precious");
-        assert_eq!(std::fs::read_to_string(&victim_new).unwrap(), "precious too");
+        assert_eq!(
+            std::fs::read_to_string(&victim_new).unwrap(),
+            "precious too"
+        );
         // The planted links are still there, untouched; no temp file of ours is left.
         let mut names: Vec<_> = std::fs::read_dir(&shared)
             .unwrap()
@@ -329,7 +336,10 @@ mod tests {
         let (b, _fb) = create_temp(&path, "node0").unwrap();
         assert_ne!(a, b);
         let a_name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(a_name.starts_with(".hosts.node0.") && a_name.ends_with(".tmp"), "{a_name}");
+        assert!(
+            a_name.starts_with(".hosts.node0.") && a_name.ends_with(".tmp"),
+            "{a_name}"
+        );
         // A symlink planted at the first name drawn: the next name is used, the link kept.
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "precious").unwrap();
@@ -337,12 +347,21 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &planted).unwrap();
         let mut draws = [1u64, 2].into_iter();
         let (c, _fc) = create_temp_named(&path, "node1", || draws.next().unwrap()).unwrap();
-        assert_eq!(c, dir.path().join(format!(".hosts.node1.{:016x}.tmp", 2u64)));
-        assert!(std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink());
+        assert_eq!(
+            c,
+            dir.path().join(format!(".hosts.node1.{:016x}.tmp", 2u64))
+        );
+        assert!(std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         // Every name taken: an error naming the last one, nothing truncated.
         let e = create_temp_named(&path, "node1", || 1).unwrap_err();
-        assert!(e.to_string().contains(&planted.display().to_string()), "{e}");
+        assert!(
+            e.to_string().contains(&planted.display().to_string()),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 
@@ -371,7 +390,10 @@ mod tests {
         // A symlink to a file holding the very block: still replaced, victim untouched.
         std::os::unix::fs::symlink(&victim, &path).unwrap();
         assert!(write_shared(&path, B1, "node0").unwrap());
-        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), B1);
         // A FIFO does not block the writer.
         std::fs::remove_file(&path).unwrap();

@@ -85,7 +85,7 @@ pub struct RebuildOutcome {
     pub known_hosts_changed: bool,
 }
 
-/// The text of the shared hosts file, or nothing when it is missing or refused: it is on a
+/// The text of the hosts file, or nothing when it is missing or refused: it is on a
 /// volume every node can write, so it is read with a size limit and never through a
 /// symlink, FIFO or device. A missing or unreadable file only costs the hostN aliases.
 pub(crate) fn read_hosts_file(path: &std::path::Path) -> String {
@@ -94,7 +94,7 @@ pub(crate) fn read_hosts_file(path: &std::path::Path) -> String {
         Ok(text) => text,
         Err(e) if e.is_not_found() => String::new(),
         Err(e) => {
-            tracing::warn!(error = %e, "ignoring the shared hosts file");
+            tracing::warn!(error = %e, "ignoring the hosts file");
             String::new()
         }
     }

@@ -15,6 +15,7 @@ use crate::images::{ensure_base, ensure_images, image_exists, ImageOptions, Node
 use crate::names::ClusterNames;
 use crate::oracle::MemberStatus;
 use bollard::Docker;
+use clusterlab_core::fsread::{read_small_bytes, SmallFileError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,38 +53,128 @@ pub async fn prepare_image(
     }
 }
 
+/// The most a submission's build context may hold, in bytes of file content.
+pub const MAX_CONTEXT_BYTES: u64 = 256 * 1024 * 1024;
+/// The most files and directories a submission's build context may hold.
+pub const MAX_CONTEXT_FILES: usize = 10_000;
+
+/// Why a submission's folder could not be packed as a build context.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("reading directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("inspecting {path}: {source}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is a symbolic link (to {target}): a submission's build context may not hold symlinks, which could reach outside its folder; put the file itself in the folder")]
+    Symlink { path: PathBuf, target: String },
+    #[error("the build context {dir} holds more than {limit} files and directories (at {path})")]
+    TooManyFiles {
+        dir: PathBuf,
+        path: PathBuf,
+        limit: usize,
+    },
+    #[error("the build context {dir} is larger than {limit} bytes (at {path})")]
+    TooLarge {
+        dir: PathBuf,
+        path: PathBuf,
+        limit: u64,
+    },
+    #[error("packing {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: SmallFileError,
+    },
+}
+
 /// Every regular file below `dir` as (relative path, content, mode), sorted by path.
-/// Hidden files and directories are left out.
-pub fn read_context_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
+/// Hidden files and directories are left out, and so are FIFOs, sockets and devices. The
+/// walk never leaves `dir`: a symlink anywhere in it is refused (never followed), and the
+/// context is capped at [`MAX_CONTEXT_BYTES`] and [`MAX_CONTEXT_FILES`].
+pub fn read_context_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>, u32)>, ContextError> {
+    read_context_dir_within(dir, MAX_CONTEXT_BYTES, MAX_CONTEXT_FILES)
+}
+
+fn read_context_dir_within(
+    dir: &Path,
+    max_bytes: u64,
+    max_files: usize,
+) -> Result<Vec<(String, Vec<u8>, u32)>, ContextError> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |what: String| move |source| HarnessError::Io { what, source };
     let mut files = Vec::new();
+    let (mut bytes, mut entries) = (0u64, 0usize);
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
         let abs = dir.join(&rel);
-        let entries =
-            std::fs::read_dir(&abs).map_err(io(format!("reading directory {}", abs.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(io(format!("reading directory {}", abs.display())))?;
+        let read_dir_err = |source| ContextError::ReadDir {
+            path: abs.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&abs).map_err(read_dir_err)? {
+            let entry = entry.map_err(read_dir_err)?;
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') {
                 continue;
             }
             let path = entry.path();
-            let meta =
-                std::fs::metadata(&path).map_err(io(format!("reading {}", path.display())))?;
-            if meta.is_dir() {
-                pending.push(rel.join(&name));
-            } else if meta.is_file() {
-                let data =
-                    std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-                let mode = if meta.permissions().mode() & 0o111 != 0 {
-                    0o755
-                } else {
-                    0o644
-                };
-                files.push((rel.join(&name).display().to_string(), data, mode));
+            // lstat: a symlink is seen as a symlink, never as what it points to.
+            let meta = std::fs::symlink_metadata(&path).map_err(|source| ContextError::Stat {
+                path: path.clone(),
+                source,
+            })?;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Err(ContextError::Symlink { path, target });
             }
+            if !ft.is_dir() && !ft.is_file() {
+                continue;
+            }
+            entries += 1;
+            if entries > max_files {
+                return Err(ContextError::TooManyFiles {
+                    dir: dir.to_path_buf(),
+                    path,
+                    limit: max_files,
+                });
+            }
+            if ft.is_dir() {
+                pending.push(rel.join(&name));
+                continue;
+            }
+            let too_large = |path: PathBuf| ContextError::TooLarge {
+                dir: dir.to_path_buf(),
+                path,
+                limit: max_bytes,
+            };
+            let budget = max_bytes - bytes;
+            if meta.len() > budget {
+                return Err(too_large(path));
+            }
+            // Opened without following a symlink and checked to be a regular file again:
+            // the entry may have been swapped since the lstat.
+            let data = match read_small_bytes(&path, budget) {
+                Ok(data) => data,
+                Err(SmallFileError::TooLarge { .. }) => return Err(too_large(path)),
+                Err(source) => return Err(ContextError::Read { path, source }),
+            };
+            bytes += data.len() as u64;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            files.push((rel.join(&name).display().to_string(), data, mode));
         }
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -464,6 +555,108 @@ mod tests {
         let files = read_context_dir(d.path()).unwrap();
         let names: Vec<(&str, u32)> = files.iter().map(|(n, _, m)| (n.as_str(), *m)).collect();
         assert_eq!(names, [("Dockerfile", 0o644), ("bin/run", 0o755)]);
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_context_is_refused_without_being_followed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x").unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("loot")).unwrap();
+        let e = read_context_dir(d.path()).unwrap_err();
+        match &e {
+            ContextError::Symlink { path, target } => {
+                assert_eq!(path, &d.path().join("loot"));
+                assert_eq!(target, "/etc");
+            }
+            other => panic!("expected a symlink refusal, got {other}"),
+        }
+        assert!(e.to_string().contains("loot"), "{e}");
+        // Through the grader's error type, with the same message.
+        let h: HarnessError = e.into();
+        assert!(h.to_string().contains("symbolic link"), "{h}");
+        // A symlink to a file inside the folder is refused too: the check is on the link,
+        // not on where it points.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("../Dockerfile", d.path().join("sub/df")).unwrap();
+        assert!(matches!(
+            read_context_dir(d.path()),
+            Err(ContextError::Symlink { .. })
+        ));
+    }
+
+    #[test]
+    fn link_loops_terminate_with_a_refusal() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        // A directory that contains itself, and two links pointing at each other.
+        std::os::unix::fs::symlink("..", d.path().join("sub/up")).unwrap();
+        let e = read_context_dir(d.path()).unwrap_err();
+        assert!(matches!(e, ContextError::Symlink { .. }), "{e}");
+        assert!(e.to_string().contains("sub/up"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b", d.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("b")).unwrap();
+        let e = read_context_dir(d.path()).unwrap_err();
+        assert!(matches!(e, ContextError::Symlink { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_oversized_context_is_refused_naming_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x").unwrap();
+        std::fs::write(d.path().join("a"), vec![b'a'; 60]).unwrap();
+        std::fs::write(d.path().join("b"), vec![b'b'; 60]).unwrap();
+        // Each file fits, the sum does not.
+        assert_eq!(read_context_dir_within(d.path(), 200, 10).unwrap().len(), 3);
+        let e = read_context_dir_within(d.path(), 100, 10).unwrap_err();
+        assert!(
+            matches!(e, ContextError::TooLarge { limit: 100, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(&d.path().display().to_string()),
+            "{e}"
+        );
+        // Too many files.
+        let e = read_context_dir_within(d.path(), 1000, 2).unwrap_err();
+        assert!(
+            matches!(e, ContextError::TooManyFiles { limit: 2, .. }),
+            "{e}"
+        );
+        // With the real cap: a sparse file beyond it is refused before it is read.
+        let big = d.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_CONTEXT_BYTES + 1)
+            .unwrap();
+        match read_context_dir(d.path()).unwrap_err() {
+            ContextError::TooLarge { path, limit, .. } => {
+                assert_eq!(path, big);
+                assert_eq!(limit, MAX_CONTEXT_BYTES);
+            }
+            other => panic!("expected a size refusal, got {other}"),
+        }
+    }
+
+    #[test]
+    fn special_files_are_left_out_and_the_fixtures_still_pack() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x").unwrap();
+        nix::unistd::mkfifo(
+            &d.path().join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let files = read_context_dir(d.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        for name in ["good", "faulty"] {
+            let files = read_context_dir(&fixtures.join(name)).unwrap();
+            assert!(files.iter().any(|(n, _, _)| n == "Dockerfile"), "{name}");
+        }
     }
 
     #[test]

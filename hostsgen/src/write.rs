@@ -184,6 +184,14 @@ pub fn write_shared(path: &Path, block: &str, tag: &str) -> Result<bool, WriteEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names in a directory (temp files left behind would show here).
+    fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
     use std::os::unix::fs::MetadataExt;
 
     const B1: &str = "# BEGIN clusterlab\n10.0.0.1 host0 a\n# END clusterlab\n";
@@ -282,11 +290,7 @@ mod tests {
         assert!(write_shared(&path, B2, "node0").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), B2);
         assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode);
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["hosts"]);
+        assert_eq!(entries(dir.path()), ["hosts"]);
     }
 
     #[test]
@@ -379,11 +383,7 @@ mod tests {
         std::fs::write(path.join("x"), "x").unwrap();
         let e = write_shared(&path, B1, "node0").unwrap_err();
         assert!(matches!(e, WriteError::Rename { .. }), "{e}");
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["hosts"]);
+        assert_eq!(entries(dir.path()), ["hosts"]);
     }
 
     #[test]

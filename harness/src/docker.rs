@@ -99,8 +99,6 @@ pub enum HarnessError {
     },
     #[error(transparent)]
     Wait(#[from] crate::wait::WaitError),
-    #[error("{what}: {reason}")]
-    Etcd { what: String, reason: String },
 }
 
 /// Result alias for the harness library.

@@ -402,19 +402,28 @@ mod tests {
         );
     }
 
+    /// A file follower on `path`, polling every 20 ms, reporting to `tracker`.
+    fn spawn_file_follower(
+        path: &std::path::Path,
+        tracker: &Arc<Tracker>,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(follow_file(
+            path.to_path_buf(),
+            8888,
+            Duration::from_millis(20),
+            tracker.clone(),
+            stop.clone(),
+        ))
+    }
+
     #[tokio::test]
     async fn file_follower_tracks_host0_and_survives_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hosts");
         let tracker = Arc::new(Tracker::new("file"));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(follow_file(
-            path.clone(),
-            8888,
-            Duration::from_millis(20),
-            tracker.clone(),
-            stop.clone(),
-        ));
+        let task = spawn_file_follower(&path, &tracker, &stop);
         let mut rx = tracker.subscribe();
         std::fs::write(
             &path,
@@ -444,13 +453,7 @@ mod tests {
         let stop = CancellationToken::new();
         let rx = tracker.subscribe();
         std::fs::write(&path, good).unwrap();
-        let task = tokio::spawn(follow_file(
-            path.clone(),
-            8888,
-            Duration::from_millis(20),
-            tracker.clone(),
-            stop.clone(),
-        ));
+        let task = spawn_file_follower(&path, &tracker, &stop);
         let wait = |want: bool| {
             let mut rx = rx.clone();
             async move {

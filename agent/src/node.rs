@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (status_tx, status_rx) = watch::channel(NodeStatus::new(&config, member_id));
     let stop = CancellationToken::new();
+    let plugin_health = supervise::PluginHealth::new(&config.plugins);
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.health_port))
         .await
@@ -101,6 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let health_task = tokio::spawn(health::serve(
         listener,
         status_rx.clone(),
+        plugin_health.clone(),
         Duration::from_secs(config.lease_ttl_s),
         stop.clone(),
     ));
@@ -108,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.plugins.clone(),
         PLUGIN_GRACE,
         stop.clone(),
+        plugin_health,
     ));
     let leader_task = tokio::spawn(crate::leader_service::run(
         config.clone(),

@@ -30,6 +30,12 @@ use tokio_util::sync::CancellationToken;
 /// How long the page waits for etcd before showing the error instead of the nodes.
 const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Page views within this long of the last etcd read share its result (or its error), so a
+/// flood of `GET /` costs etcd at most two reads a second. The reads are serializable: the
+/// local member answers from its own copy without a round through raft; on the leader, where
+/// the page is served, that copy is current but for writes still in flight.
+const VIEW_CACHE_FOR: Duration = Duration::from_millis(500);
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -71,6 +77,43 @@ pub enum ViewError {
         prefix: &'static str,
         source: Arc<etcd_client::Error>,
     },
+}
+
+/// The live nodes and the leader key's node, or why etcd could not be read.
+pub type NodesView = Result<(Vec<Member>, Option<String>), ViewError>;
+
+/// The last etcd read of the page and when it was made. One read at a time: concurrent
+/// page views wait for the read in flight and share its result.
+#[derive(Debug)]
+pub struct ViewCache {
+    ttl: Duration,
+    slot: Mutex<Option<(tokio::time::Instant, NodesView)>>,
+}
+
+impl ViewCache {
+    pub fn new(ttl: Duration) -> Self {
+        ViewCache {
+            ttl,
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// The cached view if it is younger than the cache's ttl, else what `read` returns now.
+    pub async fn get<F, Fut>(&self, read: F) -> NodesView
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = NodesView>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, view)) = slot.as_ref() {
+            if at.elapsed() < self.ttl {
+                return view.clone();
+            }
+        }
+        let view = read().await;
+        *slot = Some((tokio::time::Instant::now(), view.clone()));
+        view
+    }
 }
 
 /// The lines of the hosts file's clusterlab block, trimmed, as the page shows them.
@@ -156,6 +199,8 @@ struct AppState {
     endpoint: String,
     status: watch::Receiver<NodeStatus>,
     etcd: Arc<Mutex<Option<etcd_client::Client>>>,
+    /// The last read of the live nodes, shared by page views.
+    view: Arc<ViewCache>,
     /// Cancelled when the service stops: open WebSockets close on it.
     closing: CancellationToken,
 }
@@ -185,6 +230,7 @@ pub fn router(
         endpoint: config.local_endpoint(),
         status,
         etcd: Arc::new(Mutex::new(None)),
+        view: Arc::new(ViewCache::new(VIEW_CACHE_FOR)),
         closing,
     };
     Router::new()
@@ -239,7 +285,9 @@ async fn read_view(st: &AppState) -> Result<ClusterView, ViewError> {
             }
         }
     };
-    let opts = etcd_client::GetOptions::new().with_prefix();
+    let opts = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_serializable();
     let resp =
         match tokio::time::timeout(ETCD_TIMEOUT, client.get(schema::PREFIX, Some(opts))).await {
             Ok(Ok(r)) => r,
@@ -275,9 +323,14 @@ async fn page(State(st): State<AppState>) -> Html<String> {
         },
         Err(e) => Err(HostsBlockError::Read(Arc::new(e))),
     };
-    let nodes = read_view(&st)
-        .await
-        .map(|v| (v.nodes, v.leader.map(|l| l.name)));
+    let nodes = st
+        .view
+        .get(|| async {
+            read_view(&st)
+                .await
+                .map(|v| (v.nodes, v.leader.map(|l| l.name)))
+        })
+        .await;
     Html(render_page(&Page {
         name: st.name.clone(),
         ip: st.ip.clone(),
@@ -387,6 +440,38 @@ mod tests {
     use clusterlab_core::schema::Role;
     use futures::{SinkExt, StreamExt};
     use std::net::Ipv4Addr;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_page_views_shares_one_etcd_read_per_cache_period() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cache = Arc::new(ViewCache::new(VIEW_CACHE_FOR));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let view = |cache: Arc<ViewCache>, reads: Arc<AtomicUsize>| async move {
+            cache
+                .get(|| async {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    // A read that takes a while: views arriving meanwhile wait for it.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(ViewError::ReadTimeout {
+                        prefix: schema::PREFIX,
+                    })
+                })
+                .await
+        };
+        let views: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(view(cache.clone(), reads.clone())))
+            .collect();
+        for v in views {
+            assert!(v.await.unwrap().is_err());
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "200 concurrent views");
+        tokio::time::sleep(VIEW_CACHE_FOR / 2).await;
+        view(cache.clone(), reads.clone()).await.unwrap_err();
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "within the cache period");
+        tokio::time::sleep(VIEW_CACHE_FOR).await;
+        view(cache.clone(), reads.clone()).await.unwrap_err();
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "after the cache period");
+    }
 
     #[test]
     fn page_escapes_everything_from_outside() {

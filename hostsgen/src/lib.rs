@@ -9,7 +9,8 @@
 //! - [`write`]: the two writers: /etc/hosts in place (it is a bind mount), the shared copy by
 //!   temp file + rename.
 //! - [`watch`]: the etcd side: linearizable snapshot of `/clusterlab/`, watch from the next
-//!   revision, resync with backoff, last good table kept while etcd cannot answer.
+//!   revision, resync with backoff, last good table kept while etcd cannot answer; a guard
+//!   that restores a deleted or edited block in /etc/hosts (file events, slow poll).
 
 pub mod commands;
 pub mod offline;

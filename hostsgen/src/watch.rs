@@ -8,6 +8,14 @@
 //! a member cut off from the majority refuses to answer instead of serving stale data, and
 //! its open watch is cancelled after a few election timeouts. While etcd cannot answer, the
 //! files keep the last good table: nothing is written until a snapshot succeeds again.
+//!
+//! Beside the etcd side, a guard keeps the hosts file itself right: a block deleted or edited
+//! by hand (or the file emptied) is put back from the last good table. It wakes on file
+//! events (inotify, through the `notify` crate) and, in case events are lost or cannot be
+//! had, checks every [`REPAIR_POLL`]; a check reads the file and writes only if it differs.
+//! Only `/etc/hosts` is repaired this way: the shared copy is written only from etcd's
+//! current view, so a node cut off from etcd never puts an old table back over a newer
+//! leader's.
 
 use crate::render::{render_table, table, Table};
 use crate::write::{update_hosts_file, write_shared};
@@ -15,7 +23,8 @@ use clusterlab_core::schema::{self, ClusterView, SchemaError};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Time allowed for a single request (connect, get, creating the watch).
@@ -26,6 +35,12 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// While etcd stays unavailable, the outage is logged again at this interval.
 const OUTAGE_REMINDER: Duration = Duration::from_secs(30);
+/// The hosts file is checked against the last good table at least this often, file events
+/// or not. A check is one read of a small file; file events do the fast part.
+pub const REPAIR_POLL: Duration = Duration::from_secs(30);
+/// After a file event, how long to wait for more before checking: an edit is often several
+/// writes, and the check should see the result, not the middle.
+pub const REPAIR_SETTLE: Duration = Duration::from_millis(200);
 
 /// Why reading or watching etcd failed; every variant ends a session, none is fatal.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +149,8 @@ struct Output {
     last_block: Option<String>,
     last_problems: Vec<String>,
     warned_empty: bool,
+    /// The last error of a repair, said once until it changes.
+    last_repair_error: Option<String>,
 }
 
 impl Output {
@@ -172,6 +189,32 @@ impl Output {
         self.last_block = Some(block);
     }
 
+    /// Puts the last published block back into the hosts file if the file no longer holds
+    /// it (block deleted or edited, file emptied or gone). Returns whether it wrote.
+    fn repair(&mut self) -> bool {
+        let Some(block) = &self.last_block else {
+            return false;
+        };
+        let path = &self.settings.hosts_file;
+        match update_hosts_file(path, block) {
+            Ok(wrote) => {
+                if wrote {
+                    tracing::warn!(file = %path.display(), "the clusterlab block was missing or changed; restored it");
+                }
+                self.last_repair_error = None;
+                wrote
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.last_repair_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "cannot restore the hosts file");
+                }
+                self.last_repair_error = Some(text);
+                false
+            }
+        }
+    }
+
     // Small local files: writing them inline costs microseconds, so no blocking pool.
     fn write(&self, t: &Table, block: &str) {
         let s = &self.settings;
@@ -202,7 +245,7 @@ struct Outage {
 /// a successful snapshot also ends an outage.
 async fn session(
     settings: &Settings,
-    out: &mut Output,
+    out: &Mutex<Output>,
     synced: &mut bool,
     outage: &mut Option<Outage>,
 ) -> Result<(), EtcdError> {
@@ -215,7 +258,7 @@ async fn session(
             "etcd is answering again; catching up"
         );
     }
-    out.publish(&snap);
+    lock(out).publish(&snap);
     *synced = true;
     let opts = WatchOptions::new()
         .with_prefix()
@@ -260,7 +303,7 @@ async fn session(
         if let Some(h) = resp.header() {
             snap.revision = h.revision();
         }
-        out.publish(&snap);
+        lock(out).publish(&snap);
     }
 }
 
@@ -275,18 +318,22 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) {
         shared = %settings.shared_hosts.display(),
         "keeping hosts files current from etcd"
     );
-    let mut out = Output {
+    let out = Arc::new(Mutex::new(Output {
         settings: settings.clone(),
         last_block: None,
         last_problems: Vec::new(),
         warned_empty: false,
-    };
+        last_repair_error: None,
+    }));
+    let guard = guard_hosts_file(out.clone(), settings.hosts_file.clone(), REPAIR_POLL);
+    tokio::pin!(guard);
     let mut backoff = Duration::ZERO;
     let mut outage: Option<Outage> = None;
     loop {
         let mut synced = false;
         let result = tokio::select! {
-            r = session(&settings, &mut out, &mut synced, &mut outage) => r,
+            r = session(&settings, &out, &mut synced, &mut outage) => r,
+            _ = &mut guard => unreachable!("the hosts file guard never returns"),
             _ = &mut shutdown => return,
         };
         let Err(e) = result else { continue };
@@ -314,7 +361,108 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            _ = &mut guard => unreachable!("the hosts file guard never returns"),
             _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// The output, also when a holder panicked (its state is still a valid table).
+fn lock(out: &Mutex<Output>) -> std::sync::MutexGuard<'_, Output> {
+    out.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The file's identity, to tell when it was replaced and needs a new watch.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether a file event can mean the content changed. Opening and reading cannot (and
+/// every name lookup on the node opens /etc/hosts); a write, truncation, deletion,
+/// rename or creation can.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Whether a file event means the watch itself is gone: the file was deleted or renamed away
+/// (a new file at the path, even one that reuses the inode number, needs a new watch).
+fn watch_lost(kind: &notify::EventKind) -> bool {
+    use notify::event::ModifyKind;
+    use notify::EventKind;
+    matches!(
+        kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
+}
+
+/// Watches `path` for changes; events are coalesced into a channel of capacity one, and
+/// `lost` is set when the watched file goes. `None` when no watch can be set up (then only
+/// the poll checks).
+fn watch_file(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let handler = move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if watch_lost(&ev.kind) {
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if may_change(&ev.kind) {
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; checking the hosts file by polling only");
+            return None;
+        }
+    };
+    match watcher.watch(path, RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot watch the hosts file; checking it by polling only");
+            None
+        }
+    }
+}
+
+/// Keeps the hosts file holding the last published block: checks it on file events (after
+/// [`REPAIR_SETTLE`]) and every `poll`, and restores the block when it is missing or
+/// changed. Never returns.
+async fn guard_hosts_file(out: Arc<Mutex<Output>>, path: PathBuf, poll: Duration) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut watched = file_id(&path);
+    let mut watcher = watch_file(&path, tx.clone(), lost.clone());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(REPAIR_SETTLE).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = tick.tick() => {}
+        }
+        lock(&out).repair();
+        // Deleted and written anew, or replaced by rename: the old watch sees nothing of the
+        // new file.
+        let now = file_id(&path);
+        let gone = lost.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if gone || watcher.is_none() || now != watched {
+            drop(watcher.take());
+            watcher = watch_file(&path, tx.clone(), lost.clone());
+            watched = now;
         }
     }
 }
@@ -345,6 +493,7 @@ mod tests {
             last_block: None,
             last_problems: Vec::new(),
             warned_empty: false,
+            last_repair_error: None,
         }
     }
 
@@ -393,5 +542,134 @@ mod tests {
         assert!(before.contains("10.0.0.10 host1 node0"), "{before}");
         out.publish(&Snapshot::default());
         assert_eq!(std::fs::read_to_string(&hosts).unwrap(), before);
+    }
+
+    fn leader_snapshot() -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.kvs
+            .insert(schema::node_key("node0"), node("node0", "10.0.0.10"));
+        snap
+    }
+
+    /// Waits up to 5 s for `path` to hold `want`; says what it last saw.
+    async fn holds(path: &std::path::Path, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = std::fs::read_to_string(path).unwrap_or_default();
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never came back to {want:?}; last {now:?}",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_edited_emptied_or_deleted_hosts_file_is_restored_on_file_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("etc-hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let out = Arc::new(Mutex::new(output(dir.path(), "node0")));
+        lock(&out).publish(&leader_snapshot());
+        let good = std::fs::read_to_string(&hosts).unwrap();
+        assert!(good.contains("10.0.0.10 host1 node0"), "{good}");
+        // A poll far beyond the test: only file events can bring the repairs in time.
+        let guard = tokio::spawn(guard_hosts_file(
+            out.clone(),
+            hosts.clone(),
+            Duration::from_secs(3600),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // The block deleted by hand, Docker's lines kept.
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        holds(&hosts, &good).await;
+        // A line of the block edited.
+        std::fs::write(&hosts, good.replace("10.0.0.10", "10.6.6.6")).unwrap();
+        holds(&hosts, &good).await;
+        // Emptied.
+        std::fs::File::create(&hosts).unwrap();
+        holds(&hosts, &good.replace("127.0.0.1 localhost\n", "")).await;
+        // Deleted: written anew, and the new file is watched too.
+        std::fs::remove_file(&hosts).unwrap();
+        let block_only = good.replace("127.0.0.1 localhost\n", "");
+        holds(&hosts, &block_only).await;
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        holds(&hosts, &good).await;
+        // Lines outside the block are the node's own business and stay.
+        let extra = format!("{good}10.1.1.1 mine\n");
+        std::fs::write(&hosts, &extra).unwrap();
+        tokio::time::sleep(REPAIR_SETTLE * 3).await;
+        assert_eq!(std::fs::read_to_string(&hosts).unwrap(), extra);
+        guard.abort();
+    }
+
+    #[tokio::test]
+    async fn the_poll_restores_the_block_without_file_events() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file's folder does not exist yet: no watch can be set up, only the poll sees
+        // the file once it appears.
+        let etc = dir.path().join("etc");
+        let hosts = etc.join("hosts");
+        let mut o = output(dir.path(), "node0");
+        o.settings.hosts_file = hosts.clone();
+        let out = Arc::new(Mutex::new(o));
+        lock(&out).publish(&leader_snapshot());
+        assert!(!hosts.exists());
+        let guard = tokio::spawn(guard_hosts_file(
+            out.clone(),
+            hosts.clone(),
+            Duration::from_millis(300),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let good =
+            "127.0.0.1 localhost\n# BEGIN clusterlab\n10.0.0.10 host1 node0\n# END clusterlab\n";
+        holds(&hosts, good).await;
+        // From then on the file is watched as well.
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        holds(&hosts, good).await;
+        guard.abort();
+    }
+
+    #[test]
+    fn nothing_is_repaired_before_a_table_was_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("etc-hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let mut out = output(dir.path(), "node0");
+        assert!(!out.repair());
+        assert_eq!(
+            std::fs::read_to_string(&hosts).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        out.publish(&leader_snapshot());
+        assert!(!out.repair(), "already right");
+        std::fs::write(&hosts, "x\n").unwrap();
+        assert!(out.repair());
+        // The shared copy is never written by a repair, even on the leader.
+        assert!(!dir.path().join("shared-hosts").exists());
+    }
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
+        use notify::EventKind;
+        assert!(!may_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!may_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(may_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(may_change(&EventKind::Modify(ModifyKind::Any)));
+        assert!(may_change(&EventKind::Remove(RemoveKind::File)));
     }
 }

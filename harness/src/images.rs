@@ -17,6 +17,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -184,9 +185,8 @@ pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String,
 async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<()> {
     check_base_prerequisites()?;
     let mirror = opts.mirror.clone().unwrap_or_else(host_mirror);
-    let root = PathBuf::from(format!("/var/tmp/clusterlab-rootfs-{}", std::process::id()));
-    let guard = RootfsGuard { root: root.clone() };
-    let _ = std::fs::remove_dir_all(&root);
+    let guard = BuildDir::create(Path::new(BUILD_PARENT))?;
+    let root = guard.root.clone();
 
     let step = Step::start(format!(
         "debootstrap {} (minbase) from {mirror}",
@@ -209,7 +209,10 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
         "installing {} into the new root",
         BASE_PACKAGES.join(" ")
     ));
-    let _ = std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"));
+    // The new root's files are written afresh, never through a link the packages made.
+    if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+        write(&root.join("etc/resolv.conf"), &resolv, 0o644)?;
+    }
     // Services must not start inside the chroot.
     write(
         &root.join("usr/sbin/policy-rc.d"),
@@ -248,12 +251,12 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
             // Trim: docs, man pages, locales, apt lists and caches; no baked-in host keys
             // (each node makes its own and keeps it on its volume).
             &format!(
-                "set -e; R={r}; umount $R/proc; \
-                 rm -rf $R/usr/share/doc/* $R/usr/share/man/* $R/usr/share/info/* \
-                        $R/var/lib/apt/lists/* $R/var/cache/apt/*.bin $R/var/cache/apt/archives/*.deb \
-                        $R/var/log/*.log $R/etc/ssh/ssh_host_* $R/usr/sbin/policy-rc.d; \
-                 find $R/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'C.*' -exec rm -rf {{}} +; \
-                 : > $R/etc/resolv.conf"
+                "set -e; R='{r}'; umount \"$R/proc\"; \
+                 rm -rf \"$R\"/usr/share/doc/* \"$R\"/usr/share/man/* \"$R\"/usr/share/info/* \
+                        \"$R\"/var/lib/apt/lists/* \"$R\"/var/cache/apt/*.bin \"$R\"/var/cache/apt/archives/*.deb \
+                        \"$R\"/var/log/*.log \"$R\"/etc/ssh/ssh_host_* \"$R/usr/sbin/policy-rc.d\"; \
+                 find \"$R/usr/share/locale\" -mindepth 1 -maxdepth 1 ! -name 'C.*' -exec rm -rf {{}} +; \
+                 rm -f \"$R/etc/resolv.conf\"; : > \"$R/etc/resolv.conf\""
             ),
         ],
     )
@@ -324,30 +327,151 @@ fn tokio_util_reader(
     })
 }
 
-/// Removes the temporary root (unmounting /proc first) even when a step failed.
-struct RootfsGuard {
+/// Where base images are built: a folder in /var/tmp (room for a whole Debian root, which
+/// /tmp, often a small tmpfs, may not have).
+const BUILD_PARENT: &str = "/var/tmp";
+
+/// A fresh private folder for one base image build: an unpredictable name, created
+/// exclusively with mode 0700 (so nobody else can plant anything in it), holding the new root
+/// at `root/` (mode 0755: it becomes the image's `/`). Dropping it removes it safely, even
+/// when a step failed: see [`remove_build_dir`].
+#[derive(Debug)]
+struct BuildDir {
+    dir: PathBuf,
     root: PathBuf,
 }
 
-impl Drop for RootfsGuard {
-    fn drop(&mut self) {
-        let proc_dir = self.root.join("proc");
-        let _ = std::process::Command::new("umount")
-            .arg(&proc_dir)
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.root);
+impl BuildDir {
+    fn create(parent: &Path) -> Result<BuildDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let io = |what: String| move |source| HarnessError::Io { what, source };
+        let dir = tempfile::Builder::new()
+            .prefix("clusterlab-rootfs-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(parent)
+            .map_err(io(format!(
+                "creating a private build folder in {}",
+                parent.display()
+            )))?
+            .keep();
+        let root = dir.join("root");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&root)
+            .map_err(io(format!("creating {}", root.display())))?;
+        Ok(BuildDir { dir, root })
     }
 }
 
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_build_dir(&self.dir) {
+            tracing::warn!(error = %e, "the base image's build folder was left in place");
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+/// The mount points in `mountinfo` (the text of /proc/self/mountinfo) at or below `dir`,
+/// deepest first.
+fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// A mount point as mountinfo writes it: space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(p: &str) -> String {
+    let bytes = p.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes a build folder without ever leaving it: whatever is mounted below it (the chroot's
+/// /proc) is unmounted first, and if something stays mounted nothing is removed; the removal
+/// itself (`std::fs::remove_dir_all`) deletes symbolic links and never follows them.
+fn remove_build_dir(dir: &Path) -> std::result::Result<(), String> {
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| mounts_below(&t, dir))
+            .map_err(|e| {
+                format!(
+                    "cannot read /proc/self/mountinfo to check {}: {e}",
+                    dir.display()
+                )
+            })
+    };
+    for m in mounted()? {
+        let _ = std::process::Command::new("umount")
+            .arg(&m)
+            .stderr(Stdio::null())
+            .status();
+    }
+    let left = mounted()?;
+    if !left.is_empty() {
+        return Err(format!(
+            "{} still has mounts below it ({}); not removing it",
+            dir.display(),
+            left.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    }
+}
+
+/// Writes `text` to a new file at `path` with `mode`: whatever is at `path` (a link the new
+/// root's packages made, say) is removed first, and the file is created exclusively, never
+/// through a link.
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text)
-        .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
-        .map_err(|source| HarnessError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| HarnessError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        // O_CREAT | O_EXCL: fails on anything at the path, a link included.
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)
 }
 
 fn which(prog: &str) -> bool {
@@ -817,5 +941,68 @@ mod tests {
             entries,
             vec![("Dockerfile".into(), 0o644), ("bin/agent".into(), 0o755)]
         );
+    }
+
+    #[test]
+    fn build_folders_are_private_fresh_and_removed_without_following_links() {
+        use std::os::unix::fs::MetadataExt;
+        let parent = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let a = BuildDir::create(parent.path()).unwrap();
+        let b = BuildDir::create(parent.path()).unwrap();
+        assert_ne!(a.dir, b.dir);
+        let name = a.dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("clusterlab-rootfs-"), "{name}");
+        assert_ne!(
+            name,
+            format!("clusterlab-rootfs-{}", std::process::id()),
+            "a predictable name"
+        );
+        assert_eq!(std::fs::metadata(&a.dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&a.root).unwrap().mode() & 0o777, 0o755);
+        // Links out of the root, to a file and to a folder, as a package might leave them.
+        std::fs::create_dir_all(a.root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&victim, a.root.join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), a.root.join("etc/outside")).unwrap();
+        // Writing into the root replaces the link instead of writing through it.
+        write(
+            &a.root.join("etc/resolv.conf"),
+            "nameserver 10.0.0.1\n",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(a.root.join("etc/resolv.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let dir = a.dir.clone();
+        drop(a);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(outside.path().is_dir());
+        drop(b);
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn mounts_below_a_folder_are_found_deepest_first() {
+        let info = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    30 22 0:5 / /var/tmp/clusterlab-rootfs-x/root/proc rw - proc proc rw\n\
+                    31 30 0:6 / /var/tmp/clusterlab-rootfs-x/root/proc/sys/fs/binfmt_misc rw - binfmt_misc b rw\n\
+                    32 22 0:7 / /var/tmp/clusterlab-rootfs-xy rw - tmpfs t rw\n\
+                    33 22 0:8 / /var/tmp/clusterlab-rootfs-x/a\\040b rw - tmpfs t rw\n";
+        let dir = Path::new("/var/tmp/clusterlab-rootfs-x");
+        assert_eq!(
+            mounts_below(info, dir),
+            [
+                PathBuf::from("/var/tmp/clusterlab-rootfs-x/root/proc/sys/fs/binfmt_misc"),
+                PathBuf::from("/var/tmp/clusterlab-rootfs-x/root/proc"),
+                PathBuf::from("/var/tmp/clusterlab-rootfs-x/a b"),
+            ]
+        );
+        assert!(mounts_below(info, Path::new("/srv")).is_empty());
     }
 }

@@ -175,7 +175,9 @@ impl ClusterSpec {
                 "--listen".into(),
                 format!("0.0.0.0:{GATEWAY_PORT}"),
             ],
-            mounts: vec![(n.shared_volume(), "/shared".into())],
+            // The proxy only reads /shared (`--follow-file`); a gateway taken over cannot
+            // plant anything there for the nodes.
+            read_only_mounts: vec![(n.shared_volume(), "/shared".into())],
             ip: Some(self.subnet.host(GATEWAY_OFFSET)),
             publish: Some((GATEWAY_PORT, self.gateway_port)),
             init: true,
@@ -560,6 +562,16 @@ mod tests {
         let g = s.gateway_container();
         assert_eq!(g.ip, Some(Ipv4Addr::new(10, 77, 0, 5)));
         assert_eq!(g.publish, Some((8888, 8888)));
+        assert!(g.mounts.is_empty());
+        assert_eq!(
+            g.read_only_mounts,
+            [("lab-shared".to_string(), "/shared".to_string())]
+        );
+        let body = g.body("lab-net", Default::default());
+        assert_eq!(
+            body.host_config.unwrap().binds.unwrap(),
+            ["lab-shared:/shared:ro"]
+        );
         assert_eq!(g.command[1], s.etcd_endpoints().join(","));
     }
 

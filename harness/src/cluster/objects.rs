@@ -81,6 +81,8 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     /// (volume, path in the container).
     pub mounts: Vec<(String, String)>,
+    /// (volume, path in the container), mounted read-only.
+    pub read_only_mounts: Vec<(String, String)>,
     pub cap_add: Vec<String>,
     /// Fixed address on the cluster's network; `None` for a container on no network.
     pub ip: Option<Ipv4Addr>,
@@ -105,6 +107,11 @@ impl ContainerSpec {
             .mounts
             .iter()
             .map(|(vol, path)| format!("{vol}:{path}"))
+            .chain(
+                self.read_only_mounts
+                    .iter()
+                    .map(|(vol, path)| format!("{vol}:{path}:ro")),
+            )
             .collect();
         let port = self.publish.map(|(p, _)| format!("{p}/tcp"));
         ContainerCreateBody {

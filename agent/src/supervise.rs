@@ -229,6 +229,10 @@ pub struct GroupChild {
     child: Child,
     /// The group's id (the child's pid); `None` once the group is known to be empty.
     pgid: Option<Pid>,
+    /// When the SIGTERM's grace runs out, once one was sent. A stop that is cancelled and
+    /// started again (the leader service's control loop wakes often) resumes this deadline
+    /// instead of granting a fresh grace, so SIGKILL does come.
+    kill_at: Option<tokio::time::Instant>,
 }
 
 impl GroupChild {
@@ -272,9 +276,15 @@ impl GroupChild {
             let _ = self.child.kill().await;
             return;
         };
-        let _ = killpg(pgid, Signal::SIGTERM);
+        let kill_at = match self.kill_at {
+            Some(at) => at,
+            None => {
+                let _ = killpg(pgid, Signal::SIGTERM);
+                *self.kill_at.insert(tokio::time::Instant::now() + grace)
+            }
+        };
         let child = &mut self.child;
-        let gone = tokio::time::timeout(grace, async {
+        let gone = tokio::time::timeout_at(kill_at, async {
             let _ = child.wait().await;
             while group_alive(pgid) {
                 tokio::time::sleep(GROUP_POLL).await;
@@ -421,7 +431,11 @@ pub fn spawn(plugin: &PluginConfig) -> std::io::Result<GroupChild> {
             });
         }
     }
-    Ok(GroupChild { child, pgid })
+    Ok(GroupChild {
+        child,
+        pgid,
+        kill_at: None,
+    })
 }
 
 /// Reads `reader` to its end and hands every line to `emit` as clean text: invalid UTF-8
@@ -659,6 +673,30 @@ mod tests {
         for p in pids {
             assert!(!running(p), "process {p} of the group survived");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stop_cancelled_and_started_again_keeps_its_deadline() {
+        let script = "trap '' TERM; sleep 1000 & sleep 1000 & wait";
+        let mut child = spawn(&sh("restarted", script)).unwrap();
+        let pgid = Pid::from_raw(child.pgid().unwrap());
+        members(pgid, 3).await;
+        let grace = Duration::from_millis(600);
+        let t = Instant::now();
+        // Interrupted every 100 ms, as a select in a busy loop would.
+        while group_alive(pgid) {
+            assert!(t.elapsed() < Duration::from_secs(5), "never killed");
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                child.terminate("restarted", grace),
+            )
+            .await;
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(550),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

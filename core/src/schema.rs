@@ -206,7 +206,12 @@ pub fn parse_peers(s: &str) -> Result<Vec<Peer>, PeersError> {
 }
 
 /// Checks that `name` is a configured peer planned at `ip`.
-pub fn check_planned(key: &str, name: &str, ip: Ipv4Addr, peers: &[Peer]) -> Result<(), SchemaError> {
+pub fn check_planned(
+    key: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    peers: &[Peer],
+) -> Result<(), SchemaError> {
     match peers.iter().find(|p| p.name == name) {
         None => Err(SchemaError::NotAPeer {
             key: key.into(),
@@ -405,7 +410,11 @@ pub fn parse_leader(value: &[u8]) -> Result<LeaderRecord, SchemaError> {
 /// The leader key's value as every reader must judge it: well-formed, attached to a lease
 /// (`lease != 0`), naming one of `peers` at that peer's planned IP. Anything else — a
 /// hand-written key, a stranger, the gateway's or any other address — is refused.
-pub fn trusted_leader(value: &[u8], lease: i64, peers: &[Peer]) -> Result<LeaderRecord, SchemaError> {
+pub fn trusted_leader(
+    value: &[u8],
+    lease: i64,
+    peers: &[Peer],
+) -> Result<LeaderRecord, SchemaError> {
     let rec = parse_leader(value)?;
     let ip: Ipv4Addr = rec.ip.parse().map_err(|_| SchemaError::BadIp {
         key: LEADER_KEY.into(),
@@ -565,23 +574,31 @@ mod tests {
         let names: Vec<_> = view.nodes.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["node0", "node1"]);
         assert_eq!(view.leader_member().unwrap().name, "node0");
-        assert!(matches!(
-            &rejected[0],
-            Rejected { mod_revision: 12, error: SchemaError::NotAPeer { name, .. } } if name == "evil"
-        ), "{rejected:?}");
-        assert!(matches!(
-            &rejected[1].error,
-            SchemaError::WrongIp { planned, .. } if *planned == Ipv4Addr::new(10, 77, 0, 12)
-        ), "{rejected:?}");
+        assert!(
+            matches!(
+                &rejected[0],
+                Rejected { mod_revision: 12, error: SchemaError::NotAPeer { name, .. } } if name == "evil"
+            ),
+            "{rejected:?}"
+        );
+        assert!(
+            matches!(
+                &rejected[1].error,
+                SchemaError::WrongIp { planned, .. } if *planned == Ipv4Addr::new(10, 77, 0, 12)
+            ),
+            "{rejected:?}"
+        );
         assert_eq!(rejected.len(), 2);
         // The same record for node2 at its planned IP but put by hand, with no lease.
-        let (view, rejected) = ClusterView::from_etcd(
-            [kv("/clusterlab/nodes/node2", &n2_bare, 0, 15)],
-            &peers(),
-        );
+        let (view, rejected) =
+            ClusterView::from_etcd([kv("/clusterlab/nodes/node2", &n2_bare, 0, 15)], &peers());
         assert!(view.nodes.is_empty());
         assert!(matches!(rejected[0].error, SchemaError::NoLease { .. }));
-        assert!(rejected[0].to_string().contains("revision 15"), "{}", rejected[0]);
+        assert!(
+            rejected[0].to_string().contains("revision 15"),
+            "{}",
+            rejected[0]
+        );
     }
 
     #[test]
@@ -591,7 +608,11 @@ mod tests {
             (leader("node0", "10.77.0.10"), 0, "no-lease"),
             (leader("stranger", "10.77.0.10"), 7, "not-a-peer"),
             (leader("node0", "10.77.0.5"), 7, "the gateway's address"),
-            (leader("node1", "10.77.0.11"), 99, "another lease than node1's key"),
+            (
+                leader("node1", "10.77.0.11"),
+                99,
+                "another lease than node1's key",
+            ),
             (b"{\"name\":\"node0\"".to_vec(), 7, "bad json"),
             (vec![b' '; MAX_VALUE_BYTES + 1], 7, "oversized"),
         ];

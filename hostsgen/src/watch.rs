@@ -358,8 +358,10 @@ mod tests {
 
     fn node(name: &str, ip: &str) -> Stored {
         leased(
-            format!(r#"{{"name":"{name}","ip":"{ip}","role":"follower","member_id":"1","since":0}}"#)
-                .into_bytes(),
+            format!(
+                r#"{{"name":"{name}","ip":"{ip}","role":"follower","member_id":"1","since":0}}"#
+            )
+            .into_bytes(),
             7,
         )
     }
@@ -464,8 +466,10 @@ mod tests {
         let mut evil = node("evil", "10.9.9.9");
         evil.lease = 0;
         snap.kvs.insert(schema::node_key("evil"), evil);
-        snap.kvs
-            .insert(schema::node_key("node2"), leased(node("node2", "10.9.9.8").value, 0));
+        snap.kvs.insert(
+            schema::node_key("node2"),
+            leased(node("node2", "10.9.9.8").value, 0),
+        );
         snap.kvs.insert(
             schema::LEADER_KEY.into(),
             leased(

@@ -15,6 +15,10 @@ struct Args {
     /// etcd client URLs, comma separated; the leader key is watched through all of them.
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["follow_file", "relay_to"])]
     endpoints: Vec<String>,
+    /// The cluster's peers as `name=ip,name=ip` (what the nodes get as CLUSTERLAB_PEERS): a
+    /// leader key is followed only when it names one of them at its address, on a lease.
+    #[arg(long, env = "CLUSTERLAB_PEERS", required_unless_present_any = ["follow_file", "relay_to"])]
+    peers: Option<String>,
     /// Follow host0 of the clusterlab block in this hosts file instead of etcd.
     #[arg(long, conflicts_with = "endpoints")]
     follow_file: Option<PathBuf>,
@@ -61,7 +65,15 @@ async fn main() -> anyhow::Result<()> {
             path,
             interval: Duration::from_millis(args.follow_interval_ms.max(10)),
         },
-        None => proxy::Follow::Etcd(args.endpoints),
+        None => {
+            let peers = args.peers.as_deref().unwrap_or_default();
+            let peers = clusterlab_core::schema::parse_peers(peers)
+                .with_context(|| format!("--peers {peers:?}"))?;
+            proxy::Follow::Etcd {
+                endpoints: args.endpoints,
+                peers,
+            }
+        }
     };
     let config = proxy::ProxyConfig {
         follow,

@@ -154,6 +154,8 @@ struct AppState {
     ip: String,
     hosts_file: PathBuf,
     endpoint: String,
+    /// The configured peers: the only nodes the page takes from etcd.
+    peers: Arc<Vec<clusterlab_core::schema::Peer>>,
     status: watch::Receiver<NodeStatus>,
     etcd: Arc<Mutex<Option<etcd_client::Client>>>,
     /// Cancelled when the service stops: open WebSockets close on it.
@@ -183,6 +185,7 @@ pub fn router(
         ip: config.ip.clone(),
         hosts_file: config.hosts.file.clone(),
         endpoint: config.local_endpoint(),
+        peers: Arc::new(config.peer_list()),
         status,
         etcd: Arc::new(Mutex::new(None)),
         closing,
@@ -255,11 +258,13 @@ async fn read_view(st: &AppState) -> Result<ClusterView, ViewError> {
                 })
             }
         };
-    let kvs = resp
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key_str().unwrap_or(""), kv.value()));
-    let (view, errors) = ClusterView::from_kvs(kvs);
+    let kvs = resp.kvs().iter().map(|kv| schema::RawKv {
+        key: kv.key_str().unwrap_or(""),
+        value: kv.value(),
+        lease: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    });
+    let (view, errors) = ClusterView::from_etcd(kvs, &st.peers);
     for e in errors {
         tracing::warn!(error = %e, "skipping invalid cluster entry");
     }

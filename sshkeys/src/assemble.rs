@@ -58,7 +58,7 @@ pub fn trusted_block(block: Vec<HostNames>, peers: &[Peer]) -> (Vec<HostNames>, 
     for l in block {
         let named: Vec<&Peer> = peers
             .iter()
-            .filter(|p| l.names.iter().any(|n| *n == p.name))
+            .filter(|p| l.names.contains(&p.name))
             .collect();
         match named.as_slice() {
             [p] if p.ip == l.ip => kept.push(l),

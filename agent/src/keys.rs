@@ -5,7 +5,10 @@
 //! written into the node key, when the leader key was last confirmed) and the time, [`Keys`]
 //! decides what this poll does, in this order:
 //! 1. grant a lease when none is held (nothing else happens this poll if that fails);
-//! 2. write `/clusterlab/nodes/<name>` when it does not hold the current role yet;
+//! 2. write `/clusterlab/nodes/<name>` when it does not hold the current role yet, and read
+//!    it back every [`NODE_KEY_RECHECK`] (rewriting it unless it is this node's record on
+//!    this lease: a hand-made `etcdctl put` over it would otherwise drop the node from every
+//!    reader's view for good);
 //! 3. while leading, check `/clusterlab/leader` and rewrite it if it is not this node's on
 //!    this lease, at most every [`LEADER_KEY_RECHECK`]. What to do with the value found
 //!    there is [`Keys::leader_key_action`]: the write is one etcd transaction that succeeds
@@ -32,6 +35,10 @@ use tokio::time::Instant;
 /// the default 10 s lease TTL, after which a stale writer's key would expire anyway. The
 /// first check after becoming leader, or after a new lease, is immediate.
 pub const LEADER_KEY_RECHECK: Duration = Duration::from_secs(2);
+
+/// How often the node key is read back while nothing else rewrites it. Same reasoning as
+/// [`LEADER_KEY_RECHECK`]: it bounds how long an overwritten node key hides this node.
+pub const NODE_KEY_RECHECK: Duration = Duration::from_secs(2);
 
 /// How long a leader-key record of a higher raft term than this node's own must stay at
 /// the same revision, while this node's member keeps reporting itself leader in its lower
@@ -74,6 +81,9 @@ pub struct Plan {
     pub grant_lease: bool,
     /// The node key does not hold the current role (or the lease it was on is gone).
     pub put_node_key: Option<NodeKeyWrite>,
+    /// The node key was written and not read back within [`NODE_KEY_RECHECK`]: read it, and
+    /// write this content unless it is there on the current lease.
+    pub check_node_key: Option<NodeKeyWrite>,
     /// Leading, and the leader key was not confirmed within [`LEADER_KEY_RECHECK`].
     pub ensure_leader_key: bool,
 }
@@ -91,6 +101,8 @@ pub struct Keys {
     written_role: Option<Role>,
     /// When the leader key was last confirmed as this node's on `lease`.
     leader_checked_at: Option<Instant>,
+    /// When the node key was last written or read back as this node's on `lease`.
+    node_checked_at: Option<Instant>,
     /// A higher-term record this node is leaving alone, since when.
     yielded: Option<Yielded>,
     /// See [`FORGED_AFTER_ELECTIONS`].
@@ -287,14 +299,19 @@ impl Keys {
             self.leader_checked_at = None;
             self.yielded = None;
         }
+        let content = NodeKeyWrite {
+            role,
+            since: self.role_since,
+        };
+        let put = self.lease.is_none() || self.written_role != Some(role);
         let plan = Plan {
             grant_lease: self.lease.is_none(),
-            put_node_key: (self.lease.is_none() || self.written_role != Some(role)).then_some(
-                NodeKeyWrite {
-                    role,
-                    since: self.role_since,
-                },
-            ),
+            put_node_key: put.then_some(content),
+            check_node_key: (!put
+                && self
+                    .node_checked_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= NODE_KEY_RECHECK))
+            .then_some(content),
             ensure_leader_key: role == Role::Leader
                 && (self.lease.is_none()
                     || self
@@ -309,11 +326,13 @@ impl Keys {
         self.lease = Some(id);
         self.written_role = None;
         self.leader_checked_at = None;
+        self.node_checked_at = None;
     }
 
-    /// The node key now holds `role` on the current lease.
-    pub fn node_key_written(&mut self, role: Role) {
+    /// The node key now holds `role` on the current lease (written or read back at `now`).
+    pub fn node_key_written(&mut self, role: Role, now: Instant) {
         self.written_role = Some(role);
+        self.node_checked_at = Some(now);
     }
 
     /// The leader key was found, or made, this node's on the current lease at `now`.
@@ -330,6 +349,7 @@ impl Keys {
         self.lease = None;
         self.written_role = None;
         self.leader_checked_at = None;
+        self.node_checked_at = None;
         true
     }
 }
@@ -350,8 +370,8 @@ mod tests {
         if plan.grant_lease {
             k.lease_granted(lease);
         }
-        if let Some(w) = plan.put_node_key {
-            k.node_key_written(w.role);
+        if let Some(w) = plan.put_node_key.or(plan.check_node_key) {
+            k.node_key_written(w.role, Instant::now());
         }
         if plan.ensure_leader_key {
             k.leader_key_confirmed(Instant::now());
@@ -383,6 +403,7 @@ mod tests {
                 grant_lease: true,
                 put_node_key: put(Role::Follower, T0 + 1),
                 ensure_leader_key: false,
+                check_node_key: None,
             }
         );
         apply_all(&mut k, plan, 1);
@@ -437,10 +458,11 @@ mod tests {
                 grant_lease: false,
                 put_node_key: put(Role::Leader, T0),
                 ensure_leader_key: true,
+                check_node_key: None,
             }
         );
         // Only the node key succeeds: the leader key is still due at once.
-        k.node_key_written(Role::Leader);
+        k.node_key_written(Role::Leader, Instant::now());
         advance(Duration::from_millis(200)).await;
         let (_, plan) = k.poll(Role::Leader, Instant::now(), T0 + 1);
         assert_eq!(plan.put_node_key, None);
@@ -500,6 +522,7 @@ mod tests {
                 grant_lease: true,
                 put_node_key: put(Role::Leader, T0),
                 ensure_leader_key: true,
+                check_node_key: None,
             }
         );
         apply_all(&mut k, plan, 2);
@@ -653,5 +676,45 @@ mod tests {
         // The minimum is one recheck interval, whatever the election timeout.
         let k = Keys::new(T0).with_election_timeout(Duration::from_millis(100));
         assert_eq!(k.forged_after(), LEADER_KEY_RECHECK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_node_key_is_read_back_every_two_seconds() {
+        let mut k = Keys::new(T0);
+        let (_, plan) = k.poll(Role::Follower, Instant::now(), T0);
+        assert_eq!(plan.check_node_key, None, "written now, not checked");
+        apply_all(&mut k, plan, 1);
+        let mut checks = Vec::new();
+        let start = Instant::now();
+        for _ in 0..25 {
+            advance(Duration::from_millis(200)).await;
+            let (_, plan) = k.poll(Role::Follower, Instant::now(), T0 + 1);
+            assert_eq!(plan.put_node_key, None);
+            if let Some(w) = plan.check_node_key {
+                assert_eq!(
+                    w,
+                    NodeKeyWrite {
+                        role: Role::Follower,
+                        since: T0
+                    }
+                );
+                checks.push(Instant::now() - start);
+            }
+            apply_all(&mut k, plan, 1);
+        }
+        assert_eq!(checks, [Duration::from_secs(2), Duration::from_secs(4)]);
+        // A failed read-back is due again at the next poll.
+        advance(Duration::from_secs(2)).await;
+        assert!(k
+            .poll(Role::Follower, Instant::now(), T0 + 5)
+            .1
+            .check_node_key
+            .is_some());
+        advance(Duration::from_millis(200)).await;
+        assert!(k
+            .poll(Role::Follower, Instant::now(), T0 + 5)
+            .1
+            .check_node_key
+            .is_some());
     }
 }

@@ -184,6 +184,7 @@ pub enum KeyOp {
     SendKeepAlive,
     ReadKeepAlive,
     ReadLeaderKey,
+    ReadNodeKey,
     Write(String),
     RevokeLease,
 }
@@ -197,6 +198,7 @@ impl std::fmt::Display for KeyOp {
             KeyOp::SendKeepAlive => f.write_str("sending keep-alive"),
             KeyOp::ReadKeepAlive => f.write_str("reading keep-alive"),
             KeyOp::ReadLeaderKey => f.write_str("reading leader key"),
+            KeyOp::ReadNodeKey => f.write_str("reading node key"),
             KeyOp::Write(key) => write!(f, "writing {key}"),
             KeyOp::RevokeLease => f.write_str("revoking lease"),
         }
@@ -378,8 +380,21 @@ async fn maintain_keys(
                         since: w.since,
                     };
                     match put(&mut client, &schema::node_key(&config.name), &rec, lease_id).await {
-                        Ok(()) => keys.node_key_written(w.role),
+                        Ok(()) => keys.node_key_written(w.role, tokio::time::Instant::now()),
                         Err(e) => tracing::warn!(error = %e, "cannot write node key"),
+                    }
+                }
+                if let Some(w) = plan.check_node_key {
+                    let rec = NodeRecord {
+                        name: config.name.clone(),
+                        ip: config.ip.clone(),
+                        role: w.role,
+                        member_id: my_id.clone(),
+                        since: w.since,
+                    };
+                    match ensure_node_key(&mut client, &rec, lease_id).await {
+                        Ok(()) => keys.node_key_written(w.role, tokio::time::Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "cannot check node key"),
                     }
                 }
                 if plan.ensure_leader_key {
@@ -434,6 +449,27 @@ async fn put<T: Serialize>(
     )
     .await
     .map(|_| ())
+}
+
+/// Reads the node key back and rewrites it unless it holds `rec` on `lease`: someone else's
+/// write over it (a hand-made `etcdctl put`) would otherwise hide this node from every
+/// reader until its next role change.
+async fn ensure_node_key(
+    client: &mut Client,
+    rec: &NodeRecord,
+    lease: i64,
+) -> Result<(), KeyLoopError> {
+    let key = schema::node_key(&rec.name);
+    let resp = timed(KeyOp::ReadNodeKey, client.get(key.as_str(), None)).await?;
+    let intact = resp.kvs().first().is_some_and(|kv| {
+        kv.lease() == lease
+            && serde_json::from_slice::<NodeRecord>(kv.value()).is_ok_and(|r| r == *rec)
+    });
+    if !intact {
+        put(client, &key, rec, lease).await?;
+        tracing::warn!(key = %key, "the node key was missing or not this node's; rewrote it");
+    }
+    Ok(())
 }
 
 /// Reads the leader key and does what [`Keys::leader_key_action`] decides: nothing when it

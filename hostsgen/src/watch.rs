@@ -161,12 +161,21 @@ struct Output {
     settings: Settings,
     last_block: Option<String>,
     rejects: RejectLog,
+    /// The last leader record that was trusted: a refused write over the leader key is
+    /// ignored, as if it had not happened, until a trusted record or a delete replaces it.
+    last_leader: Option<schema::LeaderRecord>,
     warned_empty: bool,
 }
 
 impl Output {
     fn publish(&mut self, snap: &Snapshot) {
-        let (view, rejected) = snap.view(&self.settings.peers);
+        let (mut view, rejected) = snap.view(&self.settings.peers);
+        let leader_refused = rejected.iter().any(|r| r.error.key() == schema::LEADER_KEY);
+        if leader_refused {
+            view.leader = self.last_leader.clone();
+        } else {
+            self.last_leader = view.leader.clone();
+        }
         let t = table(&view);
         // Once per refused key and revision, however often the prefix is re-read.
         for r in self.rejects.fresh(&rejected) {
@@ -303,6 +312,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) {
         settings: settings.clone(),
         last_block: None,
         rejects: RejectLog::default(),
+        last_leader: None,
         warned_empty: false,
     };
     let mut backoff = Duration::ZERO;
@@ -388,6 +398,7 @@ mod tests {
             },
             last_block: None,
             rejects: RejectLog::default(),
+            last_leader: None,
             warned_empty: false,
         }
     }
@@ -479,10 +490,15 @@ mod tests {
         );
         out.publish(&snap);
         let after = std::fs::read_to_string(&hosts).unwrap();
+        // The forged leader key replaced the real one in etcd; readers keep the last
+        // trusted leader as if the write had not happened.
+        assert_eq!(after, good);
+        // A delete of the leader key is news: no host0 then.
+        snap.kvs.remove(schema::LEADER_KEY);
+        out.publish(&snap);
+        let after = std::fs::read_to_string(&hosts).unwrap();
         assert!(!after.contains("10.9.9."), "{after}");
-        assert!(after.contains("10.0.0.10 host1 node0"), "{after}");
-        // The forged leader key replaced the real one: no host0 rather than a stranger.
         assert!(!after.contains("host0"), "{after}");
-        assert_ne!(after, good);
+        assert!(after.contains("10.0.0.10 host1 node0"), "{after}");
     }
 }

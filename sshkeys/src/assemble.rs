@@ -56,10 +56,7 @@ pub fn trusted_block(block: Vec<HostNames>, peers: &[Peer]) -> (Vec<HostNames>, 
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
     for l in block {
-        let named: Vec<&Peer> = peers
-            .iter()
-            .filter(|p| l.names.contains(&p.name))
-            .collect();
+        let named: Vec<&Peer> = peers.iter().filter(|p| l.names.contains(&p.name)).collect();
         match named.as_slice() {
             [p] if p.ip == l.ip => kept.push(l),
             [p] => dropped.push(format!(

@@ -308,17 +308,55 @@ pub fn leader_in_hosts(text: &str) -> FileLeader {
     FileLeader::None
 }
 
-/// Follows `host0` in the hosts block of `path`, read every `interval`, until `stop`.
+/// Judges a `host0` line against `peers` (no peers: no judgement): it must name a configured
+/// peer at that peer's planned address. Returns the reason it is refused.
+pub fn check_file_leader(leader: &FileLeader, peers: &[Peer]) -> Result<(), String> {
+    let FileLeader::Leader { name, ip } = leader else {
+        return Ok(());
+    };
+    if peers.is_empty() {
+        return Ok(());
+    }
+    let key = "host0 of the hosts file";
+    let ip = match ip {
+        IpAddr::V4(v4) => *v4,
+        IpAddr::V6(v6) => return Err(format!("{key}: {v6} is not an IPv4 address")),
+    };
+    schema::check_planned(key, name, ip, peers).map_err(|e| e.to_string())
+}
+
+/// Follows `host0` in the hosts block of `path`, read every `interval`, until `stop`. With
+/// `peers`, a `host0` that is not a configured peer at its planned address is logged and
+/// ignored (the current upstream stays), as a refused leader key is.
 pub async fn follow_file(
     path: PathBuf,
+    peers: Vec<Peer>,
     port: u16,
     interval: Duration,
     tracker: Arc<Tracker>,
     stop: CancellationToken,
 ) {
     let mut missing_logged = false;
+    let mut refused_logged: Option<String> = None;
     loop {
-        match read_leader(&path).await {
+        let read = read_leader(&path).await;
+        if let Ok(leader) = &read {
+            match check_file_leader(leader, &peers) {
+                Ok(()) => refused_logged = None,
+                Err(reason) => {
+                    if refused_logged.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(path = %path.display(), problem = %reason, "ignoring host0; keeping the current upstream");
+                        refused_logged = Some(reason);
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        match read {
             Ok(FileLeader::Leader { name, ip }) => {
                 missing_logged = false;
                 tracker.set(Some(Upstream {
@@ -478,6 +516,28 @@ mod tests {
     }
 
     #[test]
+    fn host0_of_a_file_must_be_a_planned_peer_when_peers_are_given() {
+        let at = |name: &str, ip: &str| FileLeader::Leader {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+        };
+        assert!(check_file_leader(&at("node1", "10.77.0.11"), &peers()).is_ok());
+        assert!(
+            check_file_leader(&at("evil", "10.9.9.9"), &[]).is_ok(),
+            "no peers, no judgement"
+        );
+        assert!(check_file_leader(&FileLeader::None, &peers()).is_ok());
+        for (name, ip) in [
+            ("evil", "10.77.0.11"),
+            ("node1", "10.77.0.5"),
+            ("node1", "::1"),
+        ] {
+            let e = check_file_leader(&at(name, ip), &peers()).unwrap_err();
+            assert!(e.contains("host0 of the hosts file"), "{e}");
+        }
+    }
+
+    #[test]
     fn host0_is_read_from_the_block() {
         let text = "127.0.0.1 localhost\n10.0.0.9 host0 stranger\n# BEGIN clusterlab\n\
                     10.77.0.10 host1 node0\n10.77.0.12 host0 node2\n# END clusterlab\n";
@@ -511,6 +571,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(follow_file(
             path.to_path_buf(),
+            Vec::new(),
             8888,
             Duration::from_millis(20),
             tracker.clone(),

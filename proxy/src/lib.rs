@@ -48,8 +48,13 @@ pub enum Follow {
         endpoints: Vec<String>,
         peers: Vec<clusterlab_core::schema::Peer>,
     },
-    /// Read `host0` from the clusterlab block of this hosts file every `interval`.
-    File { path: PathBuf, interval: Duration },
+    /// Read `host0` from the clusterlab block of this hosts file every `interval`; with
+    /// `peers`, only a configured peer at its planned address is followed.
+    File {
+        path: PathBuf,
+        interval: Duration,
+        peers: Vec<clusterlab_core::schema::Peer>,
+    },
 }
 
 /// Everything the proxy needs besides its listener.
@@ -80,8 +85,13 @@ pub async fn run(config: ProxyConfig, listener: TcpListener, shutdown: impl Futu
             tracker.clone(),
             stop.clone(),
         )),
-        Follow::File { path, interval } => tokio::spawn(follow::follow_file(
+        Follow::File {
             path,
+            interval,
+            peers,
+        } => tokio::spawn(follow::follow_file(
+            path,
+            peers,
             config.upstream_port,
             interval,
             tracker.clone(),

@@ -16,7 +16,9 @@ struct Args {
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["follow_file", "relay_to"])]
     endpoints: Vec<String>,
     /// The cluster's peers as `name=ip,name=ip` (what the nodes get as CLUSTERLAB_PEERS): a
-    /// leader key is followed only when it names one of them at its address, on a lease.
+    /// leader key is followed only when it names one of them at its address, on a lease
+    /// (required with --endpoints); with --follow-file, host0 only when it is one of them at
+    /// its address.
     #[arg(long, env = "CLUSTERLAB_PEERS", required_unless_present_any = ["follow_file", "relay_to"])]
     peers: Option<String>,
     /// Follow host0 of the clusterlab block in this hosts file instead of etcd.
@@ -60,20 +62,22 @@ async fn main() -> anyhow::Result<()> {
         proxy::relay::run(listener, to, clusterlab_core::shutdown_signal()).await;
         return Ok(());
     }
+    let peers = match args.peers.as_deref() {
+        Some(p) => {
+            clusterlab_core::schema::parse_peers(p).with_context(|| format!("--peers {p:?}"))?
+        }
+        None => Vec::new(),
+    };
     let follow = match args.follow_file {
         Some(path) => proxy::Follow::File {
             path,
             interval: Duration::from_millis(args.follow_interval_ms.max(10)),
+            peers,
         },
-        None => {
-            let peers = args.peers.as_deref().unwrap_or_default();
-            let peers = clusterlab_core::schema::parse_peers(peers)
-                .with_context(|| format!("--peers {peers:?}"))?;
-            proxy::Follow::Etcd {
-                endpoints: args.endpoints,
-                peers,
-            }
-        }
+        None => proxy::Follow::Etcd {
+            endpoints: args.endpoints,
+            peers,
+        },
     };
     let config = proxy::ProxyConfig {
         follow,

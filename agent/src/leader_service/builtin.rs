@@ -156,6 +156,8 @@ struct AppState {
     endpoint: String,
     /// The configured peers: the only nodes the page takes from etcd.
     peers: Arc<Vec<clusterlab_core::schema::Peer>>,
+    /// Refused entries already logged.
+    rejects: Arc<std::sync::Mutex<schema::RejectLog>>,
     status: watch::Receiver<NodeStatus>,
     etcd: Arc<Mutex<Option<etcd_client::Client>>>,
     /// Cancelled when the service stops: open WebSockets close on it.
@@ -186,6 +188,7 @@ pub fn router(
         hosts_file: config.hosts.file.clone(),
         endpoint: config.local_endpoint(),
         peers: Arc::new(config.peer_list()),
+        rejects: Arc::default(),
         status,
         etcd: Arc::new(Mutex::new(None)),
         closing,
@@ -265,7 +268,12 @@ async fn read_view(st: &AppState) -> Result<ClusterView, ViewError> {
         mod_revision: kv.mod_revision(),
     });
     let (view, errors) = ClusterView::from_etcd(kvs, &st.peers);
-    for e in errors {
+    // Once per refused key and revision, not once per page view.
+    let fresh: Vec<String> = match st.rejects.lock() {
+        Ok(mut log) => log.fresh(&errors).iter().map(|r| r.to_string()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for e in fresh {
         tracing::warn!(error = %e, "skipping invalid cluster entry");
     }
     Ok(view)

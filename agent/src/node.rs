@@ -1,11 +1,14 @@
 //! The node's life: etcd child, lease-backed keys, raft-leadership tracking, health API and
 //! plugins, all stopped in order on shutdown.
 
-use crate::keys::{role_of, Keys, RoleChange};
+use crate::keys::{role_of, Keys, LeaderKeyAction, RoleChange, SeenLeaderKey, Writer};
 use crate::{etcd, health, supervise};
 use clusterlab_core::config::Config;
-use clusterlab_core::schema::{self, LeaderRecord, NodeRecord, Role};
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions, StatusResponse};
+use clusterlab_core::schema::{self, LeaderRecord, NodeRecord, Peer, Role};
+use etcd_client::{
+    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, StatusResponse, Txn,
+    TxnOp,
+};
 use serde::Serialize;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -184,6 +187,7 @@ pub enum KeyOp {
     SendKeepAlive,
     ReadKeepAlive,
     ReadLeaderKey,
+    ReadNodeKey,
     Write(String),
     RevokeLease,
 }
@@ -197,6 +201,7 @@ impl std::fmt::Display for KeyOp {
             KeyOp::SendKeepAlive => f.write_str("sending keep-alive"),
             KeyOp::ReadKeepAlive => f.write_str("reading keep-alive"),
             KeyOp::ReadLeaderKey => f.write_str("reading leader key"),
+            KeyOp::ReadNodeKey => f.write_str("reading node key"),
             KeyOp::Write(key) => write!(f, "writing {key}"),
             KeyOp::RevokeLease => f.write_str("revoking lease"),
         }
@@ -323,8 +328,10 @@ async fn maintain_keys(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (lost_tx, mut lost_rx) = mpsc::channel::<i64>(4);
     let mut lease: Option<Lease> = None;
-    let mut keys = Keys::new(now_s());
+    let mut keys =
+        Keys::new(now_s()).with_election_timeout(Duration::from_millis(config.etcd.election_ms));
     let my_id = schema::member_id_hex(member_id);
+    let peers = config.peer_list();
 
     loop {
         tokio::select! {
@@ -376,13 +383,33 @@ async fn maintain_keys(
                         since: w.since,
                     };
                     match put(&mut client, &schema::node_key(&config.name), &rec, lease_id).await {
-                        Ok(()) => keys.node_key_written(w.role),
+                        Ok(()) => keys.node_key_written(w.role, tokio::time::Instant::now()),
                         Err(e) => tracing::warn!(error = %e, "cannot write node key"),
                     }
                 }
+                if let Some(w) = plan.check_node_key {
+                    let rec = NodeRecord {
+                        name: config.name.clone(),
+                        ip: config.ip.clone(),
+                        role: w.role,
+                        member_id: my_id.clone(),
+                        since: w.since,
+                    };
+                    match ensure_node_key(&mut client, &rec, lease_id).await {
+                        Ok(()) => keys.node_key_written(w.role, tokio::time::Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "cannot check node key"),
+                    }
+                }
                 if plan.ensure_leader_key {
-                    match ensure_leader_key(&mut client, &config, &my_id, lease_id).await {
-                        Ok(()) => keys.leader_key_confirmed(tokio::time::Instant::now()),
+                    let me = Writer {
+                        name: &config.name,
+                        member_id: &my_id,
+                        lease: lease_id,
+                        term: st.raft_term(),
+                    };
+                    match ensure_leader_key(&mut client, &config, &peers, &mut keys, me).await {
+                        Ok(true) => keys.leader_key_confirmed(tokio::time::Instant::now()),
+                        Ok(false) => {}
                         Err(e) => tracing::warn!(error = %e, "cannot write leader key"),
                     }
                 }
@@ -427,32 +454,100 @@ async fn put<T: Serialize>(
     .map(|_| ())
 }
 
-/// Leaves the leader key alone if it already is this node's record on `lease`, else writes
-/// it. Read then write, not a transaction: a demoted leader's late write can land after the
-/// new leader's; the next check ([`crate::keys::LEADER_KEY_RECHECK`]) repairs it.
+/// Reads the node key back and rewrites it unless it holds `rec` on `lease`: someone else's
+/// write over it (a hand-made `etcdctl put`) would otherwise hide this node from every
+/// reader until its next role change.
+async fn ensure_node_key(
+    client: &mut Client,
+    rec: &NodeRecord,
+    lease: i64,
+) -> Result<(), KeyLoopError> {
+    let key = schema::node_key(&rec.name);
+    let resp = timed(KeyOp::ReadNodeKey, client.get(key.as_str(), None)).await?;
+    let intact = resp.kvs().first().is_some_and(|kv| {
+        kv.lease() == lease
+            && serde_json::from_slice::<NodeRecord>(kv.value()).is_ok_and(|r| r == *rec)
+    });
+    if !intact {
+        put(client, &key, rec, lease).await?;
+        tracing::warn!(key = %key, "the node key was missing or not this node's; rewrote it");
+    }
+    Ok(())
+}
+
+/// Reads the leader key and does what [`Keys::leader_key_action`] decides: nothing when it
+/// is this node's record on its lease and term; nothing either when it is a newer leader's
+/// (higher term); else this node's record, written in one transaction that succeeds only
+/// while the key is still at the revision read, so a newer leader's concurrent write is never
+/// overwritten. Returns whether the check is done until the next recheck; false when the
+/// transaction lost to a concurrent write (checked again at the next poll).
 async fn ensure_leader_key(
     client: &mut Client,
     config: &Config,
-    my_id: &str,
-    lease: i64,
-) -> Result<(), KeyLoopError> {
+    peers: &[Peer],
+    keys: &mut Keys,
+    me: Writer<'_>,
+) -> Result<bool, KeyLoopError> {
     let resp = timed(KeyOp::ReadLeaderKey, client.get(schema::LEADER_KEY, None)).await?;
-    let current = resp
-        .kvs()
-        .first()
-        .map(|kv| (schema::parse_leader(kv.value()).ok(), kv.lease()));
-    let ours = matches!(&current, Some((Some(rec), l)) if rec.member_id == my_id && rec.name == config.name && *l == lease);
-    if ours {
-        return Ok(());
-    }
+    let seen = resp.kvs().first().map(|kv| SeenLeaderKey {
+        value: kv.value().to_vec(),
+        lease: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    });
+    let (expect, reason) =
+        match keys.leader_key_action(me, seen.as_ref(), peers, tokio::time::Instant::now()) {
+            LeaderKeyAction::Keep => return Ok(true),
+            LeaderKeyAction::Yield { name, term } => {
+                tracing::info!(
+                    leader = %name,
+                    their_term = term,
+                    our_term = me.term,
+                    "the leader key names a leader of a newer term; leaving it"
+                );
+                return Ok(true);
+            }
+            LeaderKeyAction::Write {
+                expect_mod_revision,
+                reason,
+            } => (expect_mod_revision, reason),
+        };
     let rec = LeaderRecord {
         name: config.name.clone(),
         ip: config.ip.clone(),
-        member_id: my_id.to_string(),
+        member_id: me.member_id.to_string(),
+        term: me.term,
     };
-    put(client, schema::LEADER_KEY, &rec, lease).await?;
-    tracing::info!(node = %config.name, "wrote leader key");
-    Ok(())
+    let body = serde_json::to_string(&rec).map_err(|source| KeyLoopError::Encode {
+        key: schema::LEADER_KEY.to_string(),
+        source,
+    })?;
+    // A missing key has mod revision 0 in a comparison, so one compare covers both cases.
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            schema::LEADER_KEY,
+            CompareOp::Equal,
+            expect,
+        )])
+        .and_then([TxnOp::put(
+            schema::LEADER_KEY,
+            body,
+            Some(PutOptions::new().with_lease(me.lease)),
+        )]);
+    let resp = timed(
+        KeyOp::Write(schema::LEADER_KEY.to_string()),
+        client.txn(txn),
+    )
+    .await?;
+    if resp.succeeded() {
+        tracing::info!(node = %config.name, term = me.term, because = %reason, "wrote leader key");
+        Ok(true)
+    } else {
+        tracing::info!(
+            expected_revision = expect,
+            "the leader key changed while it was checked; not overwriting, checking again"
+        );
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

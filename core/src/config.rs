@@ -181,60 +181,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-/// One initial member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub name: String,
-    pub ip: Ipv4Addr,
-}
-
-/// Why a `peers` list (`name=ip,name=ip`) was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeersError {
-    #[error("entry {entry:?} is not of the form name=ip")]
-    NotNameIp { entry: String },
-    #[error("name {name:?} is not a valid hostname label")]
-    BadName { name: String },
-    #[error("entry {entry:?}: {ip:?} is not an IPv4 address")]
-    BadIp { entry: String, ip: String },
-    #[error("name {name:?} appears twice")]
-    DuplicateName { name: String },
-    #[error("address {ip} appears twice")]
-    DuplicateIp { ip: Ipv4Addr },
-    #[error("no peers given (expected name=ip,name=ip,…)")]
-    Empty,
-}
-
-/// Parses `name=ip,name=ip`.
-pub fn parse_peers(s: &str) -> Result<Vec<Peer>, PeersError> {
-    let mut peers = Vec::new();
-    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (name, ip) = item
-            .split_once('=')
-            .ok_or_else(|| PeersError::NotNameIp { entry: item.into() })?;
-        if !crate::schema::is_valid_label(name) {
-            return Err(PeersError::BadName { name: name.into() });
-        }
-        let ip: Ipv4Addr = ip.parse().map_err(|_| PeersError::BadIp {
-            entry: item.into(),
-            ip: ip.into(),
-        })?;
-        if peers.iter().any(|p: &Peer| p.name == name) {
-            return Err(PeersError::DuplicateName { name: name.into() });
-        }
-        if peers.iter().any(|p: &Peer| p.ip == ip) {
-            return Err(PeersError::DuplicateIp { ip });
-        }
-        peers.push(Peer {
-            name: name.into(),
-            ip,
-        });
-    }
-    if peers.is_empty() {
-        return Err(PeersError::Empty);
-    }
-    Ok(peers)
-}
+/// The peer list lives in [`crate::schema`] (the proxy needs it without figment); it is
+/// re-exported here, where the configuration's `peers` key is read.
+pub use crate::schema::{parse_peers, Peer, PeersError};
 
 impl Config {
     /// The standard figment: defaults ← TOML file ← `CLUSTERLAB_*` environment.

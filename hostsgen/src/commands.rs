@@ -2,7 +2,7 @@
 
 use crate::{offline, render, watch};
 use clusterlab_core::config::{Config, ConfigError};
-use clusterlab_core::schema::{ClusterView, SchemaError};
+use clusterlab_core::schema::ClusterView;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -39,13 +39,13 @@ pub fn read_input(path: &Path) -> Result<String, CommandError> {
 }
 
 /// Logs every entry that was refused on the way to a view.
-pub fn warn_skipped(errors: &[SchemaError]) {
+pub fn warn_skipped<E: std::fmt::Display>(errors: &[E]) {
     for e in errors {
         tracing::warn!(problem = %e, "skipping an entry");
     }
 }
 
-fn block_of((view, errors): (ClusterView, Vec<SchemaError>)) -> String {
+fn block_of<E: std::fmt::Display>((view, errors): (ClusterView, Vec<E>)) -> String {
     warn_skipped(&errors);
     render::render(&view)
 }
@@ -59,17 +59,21 @@ pub fn render_json(path: &Path) -> Result<String, CommandError> {
     Ok(block_of(parsed))
 }
 
-/// `hostsgen render`: the block for the cluster as etcd describes it now.
+/// `hostsgen render`: the block for the cluster as etcd describes it now, trusting only the
+/// configuration's peers.
 pub async fn render_etcd(
     endpoints: Vec<String>,
     config: Option<&Path>,
 ) -> Result<String, CommandError> {
+    let config = Config::load(config)?;
     let endpoints = if endpoints.is_empty() {
-        vec![Config::load(config)?.local_endpoint()]
+        vec![config.local_endpoint()]
     } else {
         endpoints
     };
-    Ok(block_of(watch::read_view(&endpoints).await?))
+    Ok(block_of(
+        watch::read_view(&endpoints, &config.peer_list()).await?,
+    ))
 }
 
 /// What `hostsgen watch` keeps current on this node: the hosts file from the configuration
@@ -89,6 +93,7 @@ pub fn watch_settings(
         node: config.name.clone(),
         hosts_file: hosts_file.unwrap_or_else(|| config.hosts.file.clone()),
         shared_hosts: config.shared_dir.join("hosts"),
+        peers: config.peer_list(),
     }
 }
 
@@ -113,6 +118,7 @@ mod tests {
         let config = Config {
             name: "node1".into(),
             shared_dir: "/shared".into(),
+            peers: "node0=10.0.0.10,node1=10.0.0.11".into(),
             ..Config::default()
         };
         let s = watch_settings(&config, vec![], None);
@@ -120,6 +126,7 @@ mod tests {
         assert_eq!(s.node, "node1");
         assert_eq!(s.hosts_file, Path::new("/etc/hosts"));
         assert_eq!(s.shared_hosts, Path::new("/shared/hosts"));
+        assert_eq!(s.peers.len(), 2);
         let s = watch_settings(
             &config,
             vec!["http://10.0.0.1:2379".into()],

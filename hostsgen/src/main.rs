@@ -18,7 +18,8 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the hosts block once, read from etcd or from a JSON file.
+    /// Print the hosts block once, read from etcd (trusting only the configured peers) or
+    /// from a JSON file.
     #[command(after_long_help = FROM_JSON_HELP)]
     Render {
         /// etcd client URLs, comma separated (default: this node's local member from the
@@ -53,7 +54,8 @@ const FROM_JSON_HELP: &str = r#"JSON cluster description for --from-json:
 "leader" is the value of /clusterlab/leader and may be left out (then there is no host0);
 each node is the value of /clusterlab/nodes/<name>, of which only name and ip are required.
 Unknown fields are errors. Entries whose name is not a hostname label or whose ip is not
-IPv4 are skipped with a warning on stderr, exactly as when reading etcd.
+IPv4 are skipped with a warning on stderr. Reading etcd is stricter: only the configured
+peers (CLUSTERLAB_PEERS) at their planned IPs, on leases.
 
 Example output:
   # BEGIN clusterlab

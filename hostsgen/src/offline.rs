@@ -66,7 +66,9 @@ pub enum OfflineError {
 }
 
 /// Parses the file's text into a view. Entries that fail validation are returned beside the
-/// view, as [`ClusterView::from_kvs`] does for etcd.
+/// view, as [`ClusterView::from_records`] does. The file is the operator's own
+/// description, so no peer list or lease applies (etcd's keys go through
+/// [`ClusterView::from_etcd`]).
 pub fn parse(text: &str) -> Result<(ClusterView, Vec<SchemaError>), OfflineError> {
     let file: OfflineCluster = serde_json::from_str(text)?;
     let mut kvs: Vec<(String, Vec<u8>)> = Vec::new();
@@ -89,10 +91,11 @@ pub fn parse(text: &str) -> Result<(ClusterView, Vec<SchemaError>), OfflineError
             name: l.name,
             ip: l.ip,
             member_id: l.member_id,
+            term: 0,
         };
         kvs.push((schema::LEADER_KEY.to_string(), serde_json::to_vec(&rec)?));
     }
-    Ok(ClusterView::from_kvs(
+    Ok(ClusterView::from_records(
         kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
     ))
 }

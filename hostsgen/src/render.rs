@@ -166,6 +166,7 @@ mod tests {
                 name: n.into(),
                 ip: "10.0.0.1".into(),
                 member_id: "1".into(),
+                term: 1,
             }),
         }
     }
@@ -285,7 +286,7 @@ mod tests {
         let bad =
             br#"{"name":"a\nb","ip":"10.0.0.11","role":"follower","member_id":"a","since":1}"#;
         let leader = br#"{"name":"node0","ip":"10.0.0.10","member_id":"a"}"#;
-        let (v, errors) = ClusterView::from_kvs([
+        let (v, errors) = ClusterView::from_records([
             ("/clusterlab/nodes/node0", &good[..]),
             ("/clusterlab/nodes/a\nb", &bad[..]),
             ("/clusterlab/leader", &leader[..]),
@@ -384,6 +385,7 @@ mod tests {
                     name: n.clone(),
                     ip: ip.to_string(),
                     member_id: "1".into(),
+                    term: 1,
                 }),
             nodes: members,
         }

@@ -19,7 +19,7 @@
 
 use crate::render::{render_table, table, Table};
 use crate::write::{update_hosts_file, write_shared};
-use clusterlab_core::schema::{self, ClusterView, SchemaError};
+use clusterlab_core::schema::{self, ClusterView, Peer, RawKv, RejectLog, Rejected};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -78,6 +78,8 @@ pub struct Settings {
     pub hosts_file: PathBuf,
     /// The shared copy (<shared_dir>/hosts).
     pub shared_hosts: PathBuf,
+    /// The configured peers: the only nodes (and leaders) taken from etcd.
+    pub peers: Vec<Peer>,
 }
 
 /// A client with clusterlab's timeouts (`clusterlab_core::etcd`) that requires its member to
@@ -107,17 +109,43 @@ async fn timed<T>(
     }
 }
 
+/// One key's value with the lease it is on and the revision it was written at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+impl Stored {
+    fn of(kv: &etcd_client::KeyValue) -> Stored {
+        Stored {
+            value: kv.value().to_vec(),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+}
+
 /// The `/clusterlab/` keys at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub kvs: BTreeMap<String, Vec<u8>>,
+    pub kvs: BTreeMap<String, Stored>,
     pub revision: i64,
 }
 
 impl Snapshot {
-    /// The validated view of these keys, and the entries that were refused.
-    pub fn view(&self) -> (ClusterView, Vec<SchemaError>) {
-        ClusterView::from_kvs(self.kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+    /// The view these keys give when only `peers` are trusted, and the entries refused.
+    pub fn view(&self, peers: &[Peer]) -> (ClusterView, Vec<Rejected>) {
+        ClusterView::from_etcd(
+            self.kvs.iter().map(|(k, v)| RawKv {
+                key: k.as_str(),
+                value: &v.value,
+                lease: v.lease,
+                mod_revision: v.mod_revision,
+            }),
+            peers,
+        )
     }
 }
 
@@ -135,7 +163,7 @@ pub async fn read_snapshot(client: &mut Client) -> Result<Snapshot, EtcdError> {
         .map(|kv| {
             (
                 String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
+                Stored::of(kv),
             )
         })
         .collect();
@@ -147,7 +175,10 @@ pub async fn read_snapshot(client: &mut Client) -> Result<Snapshot, EtcdError> {
 struct Output {
     settings: Settings,
     last_block: Option<String>,
-    last_problems: Vec<String>,
+    rejects: RejectLog,
+    /// The last leader record that was trusted: a refused write over the leader key is
+    /// ignored, as if it had not happened, until a trusted record or a delete replaces it.
+    last_leader: Option<schema::LeaderRecord>,
     warned_empty: bool,
     /// The last error of a repair, said once until it changes.
     last_repair_error: Option<String>,
@@ -155,18 +186,20 @@ struct Output {
 
 impl Output {
     fn publish(&mut self, snap: &Snapshot) {
-        let (view, errors) = snap.view();
+        let (mut view, rejected) = snap.view(&self.settings.peers);
+        let leader_refused = rejected.iter().any(|r| r.error.key() == schema::LEADER_KEY);
+        if leader_refused {
+            view.leader = self.last_leader.clone();
+        } else {
+            self.last_leader = view.leader.clone();
+        }
         let t = table(&view);
-        let problems: Vec<String> = errors
-            .iter()
-            .map(|e| e.to_string())
-            .chain(t.rejected.iter().map(|n| format!("refused node name {n}")))
-            .collect();
-        if problems != self.last_problems {
-            for p in &problems {
-                tracing::warn!(problem = %p, "skipping an entry from etcd");
-            }
-            self.last_problems = problems;
+        // Once per refused key and revision, however often the prefix is re-read.
+        for r in self.rejects.fresh(&rejected) {
+            tracing::warn!(problem = %r, "ignoring an entry from etcd");
+        }
+        for n in &t.rejected {
+            tracing::warn!(name = %n, "refused node name");
         }
         if t.entries.is_empty() {
             // Only seen while no lease is alive (bootstrap, or every node's lease lapsed at
@@ -293,7 +326,7 @@ async fn session(
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match ev.event_type() {
                 EventType::Put => {
-                    snap.kvs.insert(key, kv.value().to_vec());
+                    snap.kvs.insert(key, Stored::of(kv));
                 }
                 EventType::Delete => {
                     snap.kvs.remove(&key);
@@ -321,7 +354,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) {
     let out = Arc::new(Mutex::new(Output {
         settings: settings.clone(),
         last_block: None,
-        last_problems: Vec::new(),
+        rejects: RejectLog::default(),
+        last_leader: None,
         warned_empty: false,
         last_repair_error: None,
     }));
@@ -467,19 +501,35 @@ async fn guard_hosts_file(out: Arc<Mutex<Output>>, path: PathBuf, poll: Duration
     }
 }
 
-/// Reads etcd once and returns the view with the entries that were refused.
-pub async fn read_view(endpoints: &[String]) -> Result<(ClusterView, Vec<SchemaError>), EtcdError> {
+/// Reads etcd once and returns the view `peers` give, with the entries that were refused.
+pub async fn read_view(
+    endpoints: &[String],
+    peers: &[Peer],
+) -> Result<(ClusterView, Vec<Rejected>), EtcdError> {
     let mut client = connect(endpoints).await?;
-    Ok(read_snapshot(&mut client).await?.view())
+    Ok(read_snapshot(&mut client).await?.view(peers))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(name: &str, ip: &str) -> Vec<u8> {
-        format!(r#"{{"name":"{name}","ip":"{ip}","role":"follower","member_id":"1","since":0}}"#)
-            .into_bytes()
+    fn node(name: &str, ip: &str) -> Stored {
+        leased(
+            format!(
+                r#"{{"name":"{name}","ip":"{ip}","role":"follower","member_id":"1","since":0}}"#
+            )
+            .into_bytes(),
+            7,
+        )
+    }
+
+    fn leased(value: Vec<u8>, lease: i64) -> Stored {
+        Stored {
+            value,
+            lease,
+            mod_revision: 1,
+        }
     }
 
     fn output(dir: &std::path::Path, node: &str) -> Output {
@@ -489,9 +539,14 @@ mod tests {
                 node: node.into(),
                 hosts_file: dir.join("etc-hosts"),
                 shared_hosts: dir.join("shared-hosts"),
+                peers: clusterlab_core::config::parse_peers(
+                    "node0=10.0.0.10,node1=10.0.0.11,node2=10.0.0.12",
+                )
+                .unwrap(),
             },
             last_block: None,
-            last_problems: Vec::new(),
+            rejects: RejectLog::default(),
+            last_leader: None,
             warned_empty: false,
             last_repair_error: None,
         }
@@ -508,7 +563,10 @@ mod tests {
             .insert(schema::node_key("node1"), node("node1", "10.0.0.11"));
         snap.kvs.insert(
             schema::LEADER_KEY.into(),
-            br#"{"name":"node1","ip":"10.0.0.11","member_id":"1"}"#.to_vec(),
+            leased(
+                br#"{"name":"node1","ip":"10.0.0.11","member_id":"1"}"#.to_vec(),
+                7,
+            ),
         );
         let block =
             "# BEGIN clusterlab\n10.0.0.11 host0 node1\n10.0.0.10 host1 node0\n# END clusterlab\n";
@@ -671,5 +729,54 @@ mod tests {
         ))));
         assert!(may_change(&EventKind::Modify(ModifyKind::Any)));
         assert!(may_change(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn forged_keys_never_reach_the_hosts_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("etc-hosts");
+        let mut out = output(dir.path(), "node0");
+        let mut snap = Snapshot::default();
+        snap.kvs
+            .insert(schema::node_key("node0"), node("node0", "10.0.0.10"));
+        snap.kvs
+            .insert(schema::node_key("node1"), node("node1", "10.0.0.11"));
+        snap.kvs.insert(
+            schema::LEADER_KEY.into(),
+            leased(
+                br#"{"name":"node1","ip":"10.0.0.11","member_id":"1"}"#.to_vec(),
+                7,
+            ),
+        );
+        out.publish(&snap);
+        let good = std::fs::read_to_string(&hosts).unwrap();
+        // A stranger with a lease-less key, a peer's name with a wrong address, and a
+        // lease-less leader key pointing at the stranger: none of it is used.
+        let mut evil = node("evil", "10.9.9.9");
+        evil.lease = 0;
+        snap.kvs.insert(schema::node_key("evil"), evil);
+        snap.kvs.insert(
+            schema::node_key("node2"),
+            leased(node("node2", "10.9.9.8").value, 0),
+        );
+        snap.kvs.insert(
+            schema::LEADER_KEY.into(),
+            leased(
+                br#"{"name":"evil","ip":"10.9.9.9","member_id":"1"}"#.to_vec(),
+                0,
+            ),
+        );
+        out.publish(&snap);
+        let after = std::fs::read_to_string(&hosts).unwrap();
+        // The forged leader key replaced the real one in etcd; readers keep the last
+        // trusted leader as if the write had not happened.
+        assert_eq!(after, good);
+        // A delete of the leader key is news: no host0 then.
+        snap.kvs.remove(schema::LEADER_KEY);
+        out.publish(&snap);
+        let after = std::fs::read_to_string(&hosts).unwrap();
+        assert!(!after.contains("10.9.9."), "{after}");
+        assert!(!after.contains("host0"), "{after}");
+        assert!(after.contains("10.0.0.10 host1 node0"), "{after}");
     }
 }

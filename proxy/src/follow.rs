@@ -8,6 +8,12 @@
 //! [`Merge`] keeps the newest, so a lagging or reconnecting endpoint never sets an older
 //! leader back. A lost, cancelled or compacted watch is resynced with a fresh read.
 //!
+//! A leader record is used only when every reader would trust it
+//! (`clusterlab_core::schema::trusted_leader`): on a lease, naming one of the configured
+//! peers at its planned address. A refused record (put by hand, a stranger, the gateway's
+//! own or any other address) is logged once per revision and changes nothing: the proxy
+//! keeps the leader it had until a trusted record or a delete arrives.
+//!
 //! etcd is read through its HTTP/JSON gateway ([`crate::gateway`]) rather than gRPC, with
 //! the timeouts of `clusterlab_core::etcd` (TCP keep-alive on the schedule of the other
 //! programs' gRPC keep-alive).
@@ -16,7 +22,7 @@ use crate::gateway::{EventType, Gateway, GatewayError, RangeResponse, WatchRespo
 use crate::upstream::{Tracker, Upstream};
 use clusterlab_core::fsread::{read_small_file, SmallFileError, MAX_HOSTS_FILE_BYTES};
 use clusterlab_core::hosts::{self, HostsLine};
-use clusterlab_core::schema::{self, LeaderRecord};
+use clusterlab_core::schema::{self, LeaderRecord, Peer, Rejected};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,11 +30,22 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// What the leader key held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A record every reader trusts.
+    Leader(LeaderRecord),
+    /// No key: there is no leader.
+    NoLeader,
+    /// A record no reader may use, and why.
+    Refused(Rejected),
+}
+
 /// What one endpoint saw: the leader key's state as of etcd revision `revision`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub revision: i64,
-    pub leader: Option<LeaderRecord>,
+    pub seen: Seen,
     pub endpoint: String,
 }
 
@@ -39,13 +56,17 @@ pub struct Merge {
 }
 
 impl Merge {
-    /// The leader to adopt, if `obs` is newer than anything applied so far.
-    pub fn apply(&mut self, obs: Observation) -> Option<Option<LeaderRecord>> {
-        if obs.revision > self.revision {
-            self.revision = obs.revision;
-            Some(obs.leader)
-        } else {
-            None
+    /// The leader to adopt, if `obs` is newer than anything applied so far. A refused
+    /// record counts as news (older observations stay ignored) but adopts nothing.
+    pub fn apply(&mut self, obs: &Observation) -> Option<Option<LeaderRecord>> {
+        if obs.revision <= self.revision {
+            return None;
+        }
+        self.revision = obs.revision;
+        match &obs.seen {
+            Seen::Leader(l) => Some(Some(l.clone())),
+            Seen::NoLeader => Some(None),
+            Seen::Refused(_) => None,
         }
     }
 }
@@ -59,65 +80,76 @@ pub fn upstream_of(rec: &LeaderRecord, port: u16) -> Option<Upstream> {
     })
 }
 
-fn parse_value(value: &[u8], endpoint: &str) -> Option<LeaderRecord> {
-    match schema::parse_leader(value) {
-        Ok(rec) => Some(rec),
-        Err(e) => {
-            // An entry we cannot trust is no leader: holding beats sending users elsewhere.
-            tracing::warn!(%endpoint, error = %e, "ignoring invalid leader key");
-            None
-        }
+/// How a present key's value is judged: as every reader judges it.
+fn judge(kv: &crate::gateway::KeyValue, peers: &[Peer]) -> Seen {
+    match schema::trusted_leader(&kv.value, kv.lease, peers) {
+        Ok(rec) => Seen::Leader(rec),
+        Err(error) => Seen::Refused(Rejected {
+            mod_revision: kv.mod_revision,
+            error,
+        }),
     }
 }
 
 /// What a read of the leader key says.
-fn observation_of_range(resp: &RangeResponse, endpoint: &str) -> Observation {
+fn observation_of_range(resp: &RangeResponse, endpoint: &str, peers: &[Peer]) -> Observation {
     Observation {
         revision: resp.header.revision,
-        leader: resp
+        seen: resp
             .kvs
             .first()
-            .and_then(|kv| parse_value(&kv.value, endpoint)),
+            .map_or(Seen::NoLeader, |kv| judge(kv, peers)),
         endpoint: endpoint.to_string(),
     }
 }
 
 /// What each event of a watch response says, in order.
-fn observations_of_watch(resp: &WatchResponse, endpoint: &str) -> Vec<Observation> {
+fn observations_of_watch(resp: &WatchResponse, endpoint: &str, peers: &[Peer]) -> Vec<Observation> {
     resp.events
         .iter()
         .filter_map(|ev| {
             let kv = ev.kv.as_ref()?;
-            let leader = match ev.kind {
-                EventType::Put => parse_value(&kv.value, endpoint),
-                EventType::Delete => None,
+            let seen = match ev.kind {
+                EventType::Put => judge(kv, peers),
+                EventType::Delete => Seen::NoLeader,
             };
             Some(Observation {
                 revision: kv.mod_revision,
-                leader,
+                seen,
                 endpoint: endpoint.to_string(),
             })
         })
         .collect()
 }
 
-/// Follows the leader key through all `endpoints` until `stop` is cancelled.
+/// Follows the leader key through all `endpoints` until `stop` is cancelled, trusting only
+/// records of `peers` (see the module's documentation).
 pub async fn follow_etcd(
     endpoints: Vec<String>,
+    peers: Vec<Peer>,
     port: u16,
     tracker: Arc<Tracker>,
     stop: CancellationToken,
 ) {
+    let peers = Arc::new(peers);
     let (tx, mut rx) = mpsc::channel::<Observation>(64);
     let mut tasks = Vec::new();
     for ep in endpoints {
         match Gateway::new(&ep) {
-            Ok(gw) => tasks.push(tokio::spawn(watch_endpoint(gw, tx.clone(), stop.clone()))),
+            Ok(gw) => tasks.push(tokio::spawn(watch_endpoint(
+                gw,
+                peers.clone(),
+                tx.clone(),
+                stop.clone(),
+            ))),
             Err(e) => tracing::error!(error = %e, "not following the leader through this endpoint"),
         }
     }
     drop(tx);
     let mut merge = Merge::default();
+    // The mod revision of the last refused record logged: each forged write is logged once,
+    // not once per endpoint or resync.
+    let mut last_refused: Option<i64> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -126,7 +158,14 @@ pub async fn follow_etcd(
                 Some(obs) => {
                     let endpoint = obs.endpoint.clone();
                     let revision = obs.revision;
-                    if let Some(leader) = merge.apply(obs) {
+                    let adopt = merge.apply(&obs);
+                    if let Seen::Refused(r) = &obs.seen {
+                        if last_refused != Some(r.mod_revision) {
+                            last_refused = Some(r.mod_revision);
+                            tracing::warn!(%endpoint, problem = %r, "ignoring the leader key; keeping the current upstream");
+                        }
+                    }
+                    if let Some(leader) = adopt {
                         let up = leader.as_ref().and_then(|l| upstream_of(l, port));
                         if tracker.set(up) {
                             tracing::info!(%endpoint, revision, leader = ?leader.map(|l| l.name), "leader key changed");
@@ -147,13 +186,18 @@ const RESYNC_MIN: Duration = Duration::from_millis(200);
 const RESYNC_MAX: Duration = Duration::from_secs(2);
 
 /// Reads and watches the leader key through one endpoint, resyncing after every loss.
-async fn watch_endpoint(gateway: Gateway, tx: mpsc::Sender<Observation>, stop: CancellationToken) {
+async fn watch_endpoint(
+    gateway: Gateway,
+    peers: Arc<Vec<Peer>>,
+    tx: mpsc::Sender<Observation>,
+    stop: CancellationToken,
+) {
     let endpoint = gateway.base().to_string();
     let mut backoff = RESYNC_MIN;
     loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            r = sync_and_watch(&gateway, &tx, &mut backoff) => r,
+            r = sync_and_watch(&gateway, &peers, &tx, &mut backoff) => r,
         };
         if let Err(e) = outcome {
             tracing::debug!(%endpoint, error = %e, "leader watch lost; resyncing");
@@ -191,13 +235,14 @@ pub enum WatchLost {
 /// One read-then-watch cycle; returns why the watch ended.
 async fn sync_and_watch(
     gateway: &Gateway,
+    peers: &[Peer],
     tx: &mpsc::Sender<Observation>,
     backoff: &mut Duration,
 ) -> Result<(), WatchLost> {
     let endpoint = gateway.base();
     let key = schema::LEADER_KEY.as_bytes();
     let resp = gateway.range(key).await.map_err(WatchLost::Read)?;
-    let obs = observation_of_range(&resp, endpoint);
+    let obs = observation_of_range(&resp, endpoint, peers);
     let from = obs.revision + 1;
     tx.send(obs).await.map_err(|_| WatchLost::MergerGone)?;
     let mut watch = gateway.watch(key, from).await.map_err(WatchLost::Open)?;
@@ -218,7 +263,7 @@ async fn sync_and_watch(
                 }
             });
         }
-        for obs in observations_of_watch(&resp, endpoint) {
+        for obs in observations_of_watch(&resp, endpoint, peers) {
             tx.send(obs).await.map_err(|_| WatchLost::MergerGone)?;
         }
     }
@@ -263,17 +308,55 @@ pub fn leader_in_hosts(text: &str) -> FileLeader {
     FileLeader::None
 }
 
-/// Follows `host0` in the hosts block of `path`, read every `interval`, until `stop`.
+/// Judges a `host0` line against `peers` (no peers: no judgement): it must name a configured
+/// peer at that peer's planned address. Returns the reason it is refused.
+pub fn check_file_leader(leader: &FileLeader, peers: &[Peer]) -> Result<(), String> {
+    let FileLeader::Leader { name, ip } = leader else {
+        return Ok(());
+    };
+    if peers.is_empty() {
+        return Ok(());
+    }
+    let key = "host0 of the hosts file";
+    let ip = match ip {
+        IpAddr::V4(v4) => *v4,
+        IpAddr::V6(v6) => return Err(format!("{key}: {v6} is not an IPv4 address")),
+    };
+    schema::check_planned(key, name, ip, peers).map_err(|e| e.to_string())
+}
+
+/// Follows `host0` in the hosts block of `path`, read every `interval`, until `stop`. With
+/// `peers`, a `host0` that is not a configured peer at its planned address is logged and
+/// ignored (the current upstream stays), as a refused leader key is.
 pub async fn follow_file(
     path: PathBuf,
+    peers: Vec<Peer>,
     port: u16,
     interval: Duration,
     tracker: Arc<Tracker>,
     stop: CancellationToken,
 ) {
     let mut missing_logged = false;
+    let mut refused_logged: Option<String> = None;
     loop {
-        match read_leader(&path).await {
+        let read = read_leader(&path).await;
+        if let Ok(leader) = &read {
+            match check_file_leader(leader, &peers) {
+                Ok(()) => refused_logged = None,
+                Err(reason) => {
+                    if refused_logged.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(path = %path.display(), problem = %reason, "ignoring host0; keeping the current upstream");
+                        refused_logged = Some(reason);
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        match read {
             Ok(FileLeader::Leader { name, ip }) => {
                 missing_logged = false;
                 tracker.set(Some(Upstream {
@@ -337,15 +420,71 @@ mod tests {
             name: name.into(),
             ip: ip.into(),
             member_id: "1".into(),
+            term: 1,
         }
     }
 
     fn obs(rev: i64, leader: Option<LeaderRecord>, ep: &str) -> Observation {
         Observation {
             revision: rev,
-            leader,
+            seen: leader.map_or(Seen::NoLeader, Seen::Leader),
             endpoint: ep.into(),
         }
+    }
+
+    fn peers() -> Vec<Peer> {
+        schema::parse_peers("node0=10.77.0.10,node1=10.77.0.11,node2=10.77.0.12").unwrap()
+    }
+
+    fn kv(value: &str, lease: i64, rev: i64) -> crate::gateway::KeyValue {
+        crate::gateway::KeyValue {
+            key: schema::LEADER_KEY.into(),
+            mod_revision: rev,
+            value: value.into(),
+            lease,
+        }
+    }
+
+    #[test]
+    fn forged_leader_records_are_refused_and_keep_the_current_leader() {
+        let good = r#"{"name":"node1","ip":"10.77.0.11","member_id":"1"}"#;
+        let want = LeaderRecord {
+            term: 0,
+            ..rec("node1", "10.77.0.11")
+        };
+        assert_eq!(judge(&kv(good, 7, 3), &peers()), Seen::Leader(want));
+        for (value, lease) in [
+            (good, 0),
+            (r#"{"name":"gateway","ip":"10.77.0.5","member_id":"1"}"#, 7),
+            (r#"{"name":"node1","ip":"10.77.0.5","member_id":"1"}"#, 7),
+            (r#"{"name":"node1","ip":"127.0.0.1","member_id":"1"}"#, 7),
+        ] {
+            assert!(
+                matches!(
+                    judge(&kv(value, lease, 4), &peers()),
+                    Seen::Refused(Rejected {
+                        mod_revision: 4,
+                        ..
+                    })
+                ),
+                "{value} on lease {lease}"
+            );
+        }
+        let mut m = Merge::default();
+        let a = rec("node0", "10.77.0.10");
+        assert_eq!(
+            m.apply(&obs(5, Some(a.clone()), "e0")),
+            Some(Some(a.clone()))
+        );
+        let forged = Observation {
+            revision: 6,
+            seen: judge(&kv(good, 0, 6), &peers()),
+            endpoint: "e1".into(),
+        };
+        assert_eq!(m.apply(&forged), None, "nothing adopted");
+        // Older news stays older than the refused write.
+        assert_eq!(m.apply(&obs(5, None, "e2")), None);
+        assert_eq!(m.apply(&obs(7, None, "e2")), Some(None));
     }
 
     #[test]
@@ -354,19 +493,19 @@ mod tests {
         let a = rec("node0", "10.77.0.10");
         let b = rec("node1", "10.77.0.11");
         assert_eq!(
-            m.apply(obs(5, Some(a.clone()), "e0")),
+            m.apply(&obs(5, Some(a.clone()), "e0")),
             Some(Some(a.clone()))
         );
         // The same state through another endpoint changes nothing.
-        assert_eq!(m.apply(obs(5, Some(a.clone()), "e1")), None);
+        assert_eq!(m.apply(&obs(5, Some(a.clone()), "e1")), None);
         assert_eq!(
-            m.apply(obs(9, Some(b.clone()), "e1")),
+            m.apply(&obs(9, Some(b.clone()), "e1")),
             Some(Some(b.clone()))
         );
         // A lagging endpoint's older news is ignored.
-        assert_eq!(m.apply(obs(7, Some(a.clone()), "e0")), None);
-        assert_eq!(m.apply(obs(8, None, "e2")), None);
-        assert_eq!(m.apply(obs(10, None, "e2")), Some(None));
+        assert_eq!(m.apply(&obs(7, Some(a.clone()), "e0")), None);
+        assert_eq!(m.apply(&obs(8, None, "e2")), None);
+        assert_eq!(m.apply(&obs(10, None, "e2")), Some(None));
     }
 
     #[test]
@@ -374,6 +513,28 @@ mod tests {
         let u = upstream_of(&rec("node2", "10.77.0.12"), 8888).unwrap();
         assert_eq!(u.name, "node2");
         assert_eq!(u.addr, "10.77.0.12:8888".parse().unwrap());
+    }
+
+    #[test]
+    fn host0_of_a_file_must_be_a_planned_peer_when_peers_are_given() {
+        let at = |name: &str, ip: &str| FileLeader::Leader {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+        };
+        assert!(check_file_leader(&at("node1", "10.77.0.11"), &peers()).is_ok());
+        assert!(
+            check_file_leader(&at("evil", "10.9.9.9"), &[]).is_ok(),
+            "no peers, no judgement"
+        );
+        assert!(check_file_leader(&FileLeader::None, &peers()).is_ok());
+        for (name, ip) in [
+            ("evil", "10.77.0.11"),
+            ("node1", "10.77.0.5"),
+            ("node1", "::1"),
+        ] {
+            let e = check_file_leader(&at(name, ip), &peers()).unwrap_err();
+            assert!(e.contains("host0 of the hosts file"), "{e}");
+        }
     }
 
     #[test]
@@ -410,6 +571,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(follow_file(
             path.to_path_buf(),
+            Vec::new(),
             8888,
             Duration::from_millis(20),
             tracker.clone(),

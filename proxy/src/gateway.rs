@@ -170,6 +170,9 @@ pub struct KeyValue {
     pub mod_revision: i64,
     #[serde(default, deserialize_with = "base64")]
     pub value: Vec<u8>,
+    /// The lease the key is attached to; 0 (left out by the gateway) for none.
+    #[serde(default, deserialize_with = "int64")]
+    pub lease: i64,
 }
 
 /// `RangeResponse`.

@@ -42,10 +42,19 @@ pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>
 /// Where the proxy learns who the leader is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Follow {
-    /// Watch `/clusterlab/leader` through these etcd client URLs.
-    Etcd(Vec<String>),
-    /// Read `host0` from the clusterlab block of this hosts file every `interval`.
-    File { path: PathBuf, interval: Duration },
+    /// Watch `/clusterlab/leader` through these etcd client URLs, trusting only records of
+    /// these peers at their planned addresses, on a lease.
+    Etcd {
+        endpoints: Vec<String>,
+        peers: Vec<clusterlab_core::schema::Peer>,
+    },
+    /// Read `host0` from the clusterlab block of this hosts file every `interval`; with
+    /// `peers`, only a configured peer at its planned address is followed.
+    File {
+        path: PathBuf,
+        interval: Duration,
+        peers: Vec<clusterlab_core::schema::Peer>,
+    },
 }
 
 /// Everything the proxy needs besides its listener.
@@ -63,20 +72,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Runs the proxy on `listener` until `shutdown` resolves.
 pub async fn run(config: ProxyConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let source = match &config.follow {
-        Follow::Etcd(_) => "etcd".to_string(),
+        Follow::Etcd { .. } => "etcd".to_string(),
         Follow::File { path, .. } => format!("file:{}", path.display()),
     };
     let tracker = Arc::new(Tracker::new(source));
     let stop = CancellationToken::new();
     let follower = match config.follow {
-        Follow::Etcd(endpoints) => tokio::spawn(follow::follow_etcd(
+        Follow::Etcd { endpoints, peers } => tokio::spawn(follow::follow_etcd(
             endpoints,
+            peers,
             config.upstream_port,
             tracker.clone(),
             stop.clone(),
         )),
-        Follow::File { path, interval } => tokio::spawn(follow::follow_file(
+        Follow::File {
             path,
+            interval,
+            peers,
+        } => tokio::spawn(follow::follow_file(
+            path,
+            peers,
             config.upstream_port,
             interval,
             tracker.clone(),

@@ -15,6 +15,12 @@ struct Args {
     /// etcd client URLs, comma separated; the leader key is watched through all of them.
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["follow_file", "relay_to"])]
     endpoints: Vec<String>,
+    /// The cluster's peers as `name=ip,name=ip` (what the nodes get as CLUSTERLAB_PEERS): a
+    /// leader key is followed only when it names one of them at its address, on a lease
+    /// (required with --endpoints); with --follow-file, host0 only when it is one of them at
+    /// its address.
+    #[arg(long, env = "CLUSTERLAB_PEERS", required_unless_present_any = ["follow_file", "relay_to"])]
+    peers: Option<String>,
     /// Follow host0 of the clusterlab block in this hosts file instead of etcd.
     #[arg(long, conflicts_with = "endpoints")]
     follow_file: Option<PathBuf>,
@@ -56,12 +62,22 @@ async fn main() -> anyhow::Result<()> {
         proxy::relay::run(listener, to, clusterlab_core::shutdown_signal()).await;
         return Ok(());
     }
+    let peers = match args.peers.as_deref() {
+        Some(p) => {
+            clusterlab_core::schema::parse_peers(p).with_context(|| format!("--peers {p:?}"))?
+        }
+        None => Vec::new(),
+    };
     let follow = match args.follow_file {
         Some(path) => proxy::Follow::File {
             path,
             interval: Duration::from_millis(args.follow_interval_ms.max(10)),
+            peers,
         },
-        None => proxy::Follow::Etcd(args.endpoints),
+        None => proxy::Follow::Etcd {
+            endpoints: args.endpoints,
+            peers,
+        },
     };
     let config = proxy::ProxyConfig {
         follow,

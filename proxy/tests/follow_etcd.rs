@@ -47,17 +47,35 @@ fn range_json(revision: i64, leader: Option<(&str, &str)>) -> String {
     match leader {
         None => format!("{{{header}}}"),
         Some((name, ip)) => format!(
-            r#"{{{header},"kvs":[{{"key":"L2NsdXN0ZXJsYWIvbGVhZGVy","mod_revision":"{revision}","value":"{}"}}],"count":"1"}}"#,
+            r#"{{{header},"kvs":[{{"key":"L2NsdXN0ZXJsYWIvbGVhZGVy","mod_revision":"{revision}","lease":"7","value":"{}"}}],"count":"1"}}"#,
             leader_value(name, ip)
         ),
     }
 }
 
 fn put_event(revision: i64, name: &str, ip: &str) -> String {
+    put_event_on(revision, name, ip, 7)
+}
+
+/// A put of the leader key on `lease` (0: none; the gateway then leaves the field out).
+fn put_event_on(revision: i64, name: &str, ip: &str, lease: i64) -> String {
+    let lease = if lease == 0 {
+        String::new()
+    } else {
+        format!(r#""lease":"{lease}","#)
+    };
     format!(
-        r#"{{"result":{{"header":{{"revision":"{revision}"}},"events":[{{"kv":{{"key":"L2NsdXN0ZXJsYWIvbGVhZGVy","mod_revision":"{revision}","value":"{}"}}}}]}}}}"#,
+        r#"{{"result":{{"header":{{"revision":"{revision}"}},"events":[{{"kv":{{"key":"L2NsdXN0ZXJsYWIvbGVhZGVy","mod_revision":"{revision}",{lease}"value":"{}"}}}}]}}}}"#,
         leader_value(name, ip)
     ) + "\n"
+}
+
+/// The peers of these tests; `stale` is a real peer, so only revision order keeps it out.
+fn peers() -> Vec<clusterlab_core::schema::Peer> {
+    clusterlab_core::schema::parse_peers(
+        "node0=10.77.0.10,node1=10.77.0.11,node2=10.77.0.12,stale=10.77.0.99",
+    )
+    .unwrap()
 }
 
 fn delete_event(revision: i64) -> String {
@@ -166,6 +184,7 @@ async fn newest_revision_wins_and_a_compacted_watch_resyncs() {
     let stop = CancellationToken::new();
     let follower = tokio::spawn(follow_etcd(
         vec![a.url.clone(), b.url.clone()],
+        peers(),
         8888,
         tracker.clone(),
         stop.clone(),
@@ -242,11 +261,51 @@ async fn an_unreachable_endpoint_does_not_hold_up_the_others() {
     let stop = CancellationToken::new();
     let follower = tokio::spawn(follow_etcd(
         vec![closed, "https://not-supported:2379".into(), a.url.clone()],
+        peers(),
         8888,
         tracker.clone(),
         stop.clone(),
     ));
     wait_leader(&tracker, Some("node1")).await;
+    stop.cancel();
+    tokio::time::timeout(WAIT, follower)
+        .await
+        .expect("the follower stops when cancelled")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn forged_leader_keys_never_move_the_upstream() {
+    let (a, mut a_watches) =
+        start_gateway(range_json(5, Some(("node0", "10.77.0.10"))), true).await;
+    let tracker = Arc::new(Tracker::new("etcd"));
+    let stop = CancellationToken::new();
+    let follower = tokio::spawn(follow_etcd(
+        vec![a.url.clone()],
+        peers(),
+        8888,
+        tracker.clone(),
+        stop.clone(),
+    ));
+    wait_leader(&tracker, Some("node0")).await;
+    let (_, a_tx) = next_watch(&mut a_watches).await;
+    // Lease-less, a stranger, a peer at the gateway's address, then a real new leader: only
+    // the last one moves the upstream, so the tracker sees exactly one switch.
+    let chunk = put_event_on(6, "node1", "10.77.0.11", 0)
+        + &put_event(7, "evil", "10.77.0.66")
+        + &put_event(8, "node2", "10.77.0.5")
+        + &put_event(9, "node2", "10.77.0.12");
+    a_tx.send(Bytes::from(chunk)).await.unwrap();
+    wait_leader(&tracker, Some("node2")).await;
+    assert_eq!(
+        tracker.current().unwrap().addr,
+        "10.77.0.12:8888".parse().unwrap()
+    );
+    assert_eq!(
+        tracker.report().switches,
+        1,
+        "node0 -> node2 only: no forged record was ever adopted"
+    );
     stop.cancel();
     tokio::time::timeout(WAIT, follower)
         .await

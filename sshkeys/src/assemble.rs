@@ -48,6 +48,39 @@ pub fn parse_hosts_block(text: &str) -> Vec<HostNames> {
         .collect()
 }
 
+/// The lines of a hosts block that agree with the configured peers: a line is kept only when
+/// exactly one of its names is a peer and its address is that peer's planned address (the
+/// hosts files are on volumes other nodes can write, and hostsgen only ever writes such
+/// lines). Returns the kept lines and a description of each dropped one.
+pub fn trusted_block(block: Vec<HostNames>, peers: &[Peer]) -> (Vec<HostNames>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for l in block {
+        let named: Vec<&Peer> = peers.iter().filter(|p| l.names.contains(&p.name)).collect();
+        match named.as_slice() {
+            [p] if p.ip == l.ip => kept.push(l),
+            [p] => dropped.push(format!(
+                "{} {}: {} is planned at {}",
+                l.ip,
+                l.names.join(" "),
+                p.name,
+                p.ip
+            )),
+            [] => dropped.push(format!(
+                "{} {}: names no configured peer",
+                l.ip,
+                l.names.join(" ")
+            )),
+            _ => dropped.push(format!(
+                "{} {}: names more than one peer",
+                l.ip,
+                l.names.join(" ")
+            )),
+        }
+    }
+    (kept, dropped)
+}
+
 /// The names under which each node's host key is listed, by node name.
 pub fn host_names(
     nodes: &[&str],
@@ -231,5 +264,21 @@ mod tests {
         let lines: Vec<_> = text.lines().skip(1).collect();
         assert_eq!(lines[0], format!("node1,host2,10.77.0.11 {ED1}"));
         assert_eq!(lines[1], format!("node2,host0,10.77.0.12 {ED2}"));
+    }
+
+    #[test]
+    fn block_lines_must_agree_with_the_peers() {
+        let text = "# BEGIN clusterlab\n10.77.0.12 host0 node2\n10.9.9.9 host1 node0\n\
+            10.77.0.66 host2 evil\n10.77.0.11 host3 node1 node2\n10.77.0.11 host4 node1\n\
+            # END clusterlab\n";
+        let (kept, dropped) = trusted_block(parse_hosts_block(text), &peers());
+        let ips: Vec<String> = kept.iter().map(|l| l.ip.to_string()).collect();
+        assert_eq!(ips, ["10.77.0.12", "10.77.0.11"]);
+        assert_eq!(dropped.len(), 3, "{dropped:?}");
+        assert!(dropped[0].contains("planned at 10.77.0.10"), "{dropped:?}");
+        // Nothing of the dropped lines reaches known_hosts.
+        let names = host_names(&["node0", "node1", "node2"], &peers(), &kept);
+        assert_eq!(names["node0"], ["node0", "10.77.0.10"]);
+        assert_eq!(names["node1"], ["node1", "host4", "10.77.0.11"]);
     }
 }

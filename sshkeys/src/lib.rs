@@ -78,8 +78,9 @@ trusted host keys: {}
 
 /// `sshkeys status`: scan the shared folders read-only and say what is trusted and refused.
 pub fn status(config: &Config, paths: &Paths) -> std::io::Result<Status> {
-    let users = scan::scan_dir(&paths.users_dir)?;
-    let hosts = scan::scan_dir(&paths.hosts_dir)?;
+    let peers = config.peer_list();
+    let users = scan::scan_dir(&paths.users_dir)?.keep_peers(&peers, &paths.users_dir);
+    let hosts = scan::scan_dir(&paths.hosts_dir)?.keep_peers(&peers, &paths.hosts_dir);
     let refused = users
         .refused
         .iter()
@@ -119,12 +120,18 @@ pub async fn verify(
     timeout: Duration,
 ) -> Result<verify::Report, VerifyError> {
     let key = Arc::new(keys::load(&paths.user_key)?);
-    let hosts = scan::scan_dir(&paths.hosts_dir).map_err(|source| VerifyError::Hosts {
-        dir: paths.hosts_dir.clone(),
-        source,
-    })?;
-    let block = assemble::parse_hosts_block(&sync::read_hosts_file(&paths.hosts_file));
-    let targets = verify::resolve(selection, &config.peer_list(), &hosts, &block, port);
+    let peers = config.peer_list();
+    let hosts = scan::scan_dir(&paths.hosts_dir)
+        .map_err(|source| VerifyError::Hosts {
+            dir: paths.hosts_dir.clone(),
+            source,
+        })?
+        .keep_peers(&peers, &paths.hosts_dir);
+    let (block, _) = assemble::trusted_block(
+        assemble::parse_hosts_block(&sync::read_hosts_file(&paths.hosts_file)),
+        &peers,
+    );
+    let targets = verify::resolve(selection, &peers, &hosts, &block, port);
     let results = verify::check_all(&targets, &config.ssh.user, key, timeout).await;
     Ok(verify::Report::new(&config.name, results))
 }

@@ -78,6 +78,8 @@ pub enum Refusal {
     Malformed { reason: String },
     /// An RSA key below [`MIN_RSA_BITS`].
     WeakKey { bits: u32 },
+    /// A well-formed key published under a name that is not one of the configured peers.
+    NotAPeer,
 }
 
 impl fmt::Display for Refusal {
@@ -107,6 +109,7 @@ impl fmt::Display for Refusal {
             Refusal::WeakKey { bits } => {
                 write!(f, "holds a {bits}-bit RSA key, below {MIN_RSA_BITS} bits")
             }
+            Refusal::NotAPeer => write!(f, "is not named after one of the configured peers"),
         }
     }
 }
@@ -129,6 +132,7 @@ impl Refusal {
             Refusal::UnknownType { .. } => "unknown-type",
             Refusal::Malformed { .. } => "malformed",
             Refusal::WeakKey { .. } => "weak-key",
+            Refusal::NotAPeer => "not-a-peer",
         }
     }
 }

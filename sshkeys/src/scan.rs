@@ -40,6 +40,22 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// Keeps only the keys of `peers`; every other well-formed key is moved to the refused
+    /// entries as [`Refusal::NotAPeer`]. A file that is refused for what it holds keeps that
+    /// reason: only keys that would otherwise be trusted are judged by their name.
+    pub fn keep_peers(mut self, peers: &[clusterlab_core::schema::Peer], dir: &Path) -> Scan {
+        let (keep, strangers): (Vec<_>, Vec<_>) = std::mem::take(&mut self.keys)
+            .into_iter()
+            .partition(|p| peers.iter().any(|peer| peer.name == p.name));
+        self.keys = keep;
+        self.refused.extend(strangers.into_iter().map(|p| Refused {
+            file: dir.join(format!("{}.pub", p.name)),
+            reason: Refusal::NotAPeer,
+        }));
+        self.refused.sort_by(|a, b| a.file.cmp(&b.file));
+        self
+    }
+
     /// The accepted key published under `name`.
     pub fn get(&self, name: &str) -> Option<&PublicKey> {
         self.keys.iter().find(|p| p.name == name).map(|p| &p.key)
@@ -220,5 +236,24 @@ mod tests {
         symlink(&target, &link).unwrap();
         assert_eq!(read_key_file(&link), Err(Refusal::Symlink));
         assert!(read_key_file(&target).is_ok());
+    }
+
+    #[test]
+    fn keys_of_strangers_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("node0.pub"), format!("{ED}\n")).unwrap();
+        std::fs::write(d.join("mallory.pub"), format!("{ED}\n")).unwrap();
+        std::fs::write(d.join("evil.pub"), format!("command=\"x\" {ED}\n")).unwrap();
+        let peers = clusterlab_core::schema::parse_peers("node0=10.0.0.1,node1=10.0.0.2").unwrap();
+        let scan = scan_dir(d).unwrap().keep_peers(&peers, d);
+        let names: Vec<_> = scan.keys.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["node0"]);
+        assert_eq!(reason_of(&scan, "mallory.pub"), &Refusal::NotAPeer);
+        assert!(matches!(
+            reason_of(&scan, "evil.pub"),
+            Refusal::Options { .. }
+        ));
+        assert_eq!(scan.refused.len(), 2);
     }
 }

@@ -81,6 +81,11 @@ pub struct RebuildOutcome {
     pub hosts: Vec<String>,
     pub refused: Vec<Refused>,
     pub republished: bool,
+    /// Why publishing this node's own keys failed, if it did. Not fatal: the trust files are
+    /// still rebuilt from what is published, and the next rebuild publishes again.
+    pub publish_error: Option<String>,
+    /// Lines of the hosts block left out because they disagree with the peer list.
+    pub dropped_lines: Vec<String>,
     pub authorized_changed: bool,
     pub known_hosts_changed: bool,
 }
@@ -101,16 +106,25 @@ pub(crate) fn read_hosts_file(path: &std::path::Path) -> String {
 }
 
 /// Scans the shared folders and rewrites authorized_keys and ssh_known_hosts where they
-/// changed. Also republishes this node's own keys if their files went missing or changed.
+/// changed, trusting only the keys of the configured peers. Also republishes this node's own
+/// keys if their files went missing or changed; a failed publish is reported in the outcome
+/// and does not stop the rebuild (trust must keep following the others' keys).
 pub fn rebuild(ctx: &TrustContext) -> Result<RebuildOutcome, SyncError> {
-    let republished = keys::publish(&ctx.paths, &ctx.node, &ctx.user, &ctx.keys)?;
+    let (republished, publish_error) =
+        match keys::publish(&ctx.paths, &ctx.node, &ctx.user, &ctx.keys) {
+            Ok(r) => (r, None),
+            Err(e) => (false, Some(e.to_string())),
+        };
     let users = scan::scan_dir(&ctx.paths.users_dir)
-        .map_err(|e| FsError::new("reading", &ctx.paths.users_dir, e))?;
+        .map_err(|e| FsError::new("reading", &ctx.paths.users_dir, e))?
+        .keep_peers(&ctx.peers, &ctx.paths.users_dir);
     let hosts = scan::scan_dir(&ctx.paths.hosts_dir)
-        .map_err(|e| FsError::new("reading", &ctx.paths.hosts_dir, e))?;
+        .map_err(|e| FsError::new("reading", &ctx.paths.hosts_dir, e))?
+        .keep_peers(&ctx.peers, &ctx.paths.hosts_dir);
     // A missing or unreadable hosts file only costs the hostN aliases.
     let hosts_text = read_hosts_file(&ctx.paths.hosts_file);
-    let block = assemble::parse_hosts_block(&hosts_text);
+    let (block, dropped_lines) =
+        assemble::trusted_block(assemble::parse_hosts_block(&hosts_text), &ctx.peers);
     let host_nodes: Vec<&str> = hosts.keys.iter().map(|p| p.name.as_str()).collect();
     let names = assemble::host_names(&host_nodes, &ctx.peers, &block);
 
@@ -135,14 +149,43 @@ pub fn rebuild(ctx: &TrustContext) -> Result<RebuildOutcome, SyncError> {
         hosts: hosts.keys.into_iter().map(|p| p.name).collect(),
         refused,
         republished,
+        publish_error,
+        dropped_lines,
         authorized_changed,
         known_hosts_changed,
     })
 }
 
+/// What was already logged, so that each problem is logged when it appears, not at every
+/// rebuild.
+#[derive(Debug, Default)]
+struct Reported {
+    /// Refused files and the kind of refusal.
+    refused: BTreeMap<PathBuf, &'static str>,
+    publish_error: Option<String>,
+    dropped_lines: Vec<String>,
+}
+
 /// Logs a rebuild: changes at info, each refusal once per file and kind of refusal (a file
-/// that grows while it is written is not reported again for every size).
-fn report(outcome: &RebuildOutcome, warned: &mut BTreeMap<PathBuf, &'static str>) {
+/// that grows while it is written is not reported again for every size), a failed publish
+/// and dropped hosts lines when they change.
+fn report(outcome: &RebuildOutcome, reported: &mut Reported) {
+    if outcome.publish_error != reported.publish_error {
+        match &outcome.publish_error {
+            Some(e) => {
+                tracing::warn!(error = %e, "cannot publish this node's keys; trust files are still rebuilt, publishing is retried")
+            }
+            None => tracing::info!("publishing this node's keys works again"),
+        }
+        reported.publish_error = outcome.publish_error.clone();
+    }
+    if outcome.dropped_lines != reported.dropped_lines {
+        for l in &outcome.dropped_lines {
+            tracing::warn!(line = %l, "ignoring a hosts line that disagrees with the peer list");
+        }
+        reported.dropped_lines = outcome.dropped_lines.clone();
+    }
+    let warned = &mut reported.refused;
     let now: BTreeMap<PathBuf, &'static str> = outcome
         .refused
         .iter()
@@ -213,7 +256,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
     let ctx = prepare(config, paths, &opts)?;
-    let mut warned = BTreeMap::new();
+    let mut warned = Reported::default();
     let mut last_error: Option<String> = None;
     report(&rebuild(&ctx)?, &mut warned);
     if opts.once {
@@ -446,6 +489,51 @@ mod tests {
         let fourth = rebuild(&ctx).unwrap();
         assert!(fourth.republished);
         assert!(fourth.users.contains(&"node0".to_string()));
+    }
+
+    #[test]
+    fn strangers_keys_and_lines_are_left_out_and_a_failed_publish_does_not_freeze_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        rebuild(&ctx).unwrap();
+        let users = &ctx.paths.users_dir;
+        std::fs::write(users.join("node1.pub"), format!("{ED} admin@node1\n")).unwrap();
+        // A well-formed key under a name that is no peer: never trusted.
+        std::fs::write(users.join("mallory.pub"), format!("{ED} x\n")).unwrap();
+        std::fs::write(ctx.paths.hosts_dir.join("mallory.pub"), format!("{ED}\n")).unwrap();
+        std::fs::create_dir_all(ctx.paths.hosts_file.parent().unwrap()).unwrap();
+        std::fs::write(
+            &ctx.paths.hosts_file,
+            "# BEGIN clusterlab\n10.9.9.9 host0 node1\n10.77.0.10 host1 node0\n\
+             10.77.0.66 host2 mallory\n# END clusterlab\n",
+        )
+        .unwrap();
+        // Our own published user key cannot be written: a directory stands in its place.
+        let own = ctx.paths.published_user("node0");
+        std::fs::remove_file(&own).unwrap();
+        std::fs::create_dir(&own).unwrap();
+        let out = rebuild(&ctx).unwrap();
+        assert!(out.publish_error.is_some(), "{out:?}");
+        assert_eq!(out.users, ["node1"], "{out:?}");
+        assert!(out
+            .refused
+            .iter()
+            .any(|r| r.file == users.join("mallory.pub") && r.reason.kind() == "not-a-peer"));
+        assert_eq!(out.dropped_lines.len(), 2, "{:?}", out.dropped_lines);
+        let auth = std::fs::read_to_string(&ctx.authorized.path).unwrap();
+        assert!(auth.contains("clusterlab:node1"), "{auth}");
+        assert!(!auth.contains("mallory"), "{auth}");
+        let kh = std::fs::read_to_string(&ctx.paths.known_hosts).unwrap();
+        assert!(
+            !kh.contains("mallory") && !kh.contains("10.9.9.9") && !kh.contains("10.77.0.66"),
+            "{kh}"
+        );
+        assert!(kh.contains("node0,host1,10.77.0.10 "), "{kh}");
+        // Once the way is clear again, the next rebuild publishes.
+        std::fs::remove_dir(&own).unwrap();
+        let out = rebuild(&ctx).unwrap();
+        assert!(out.publish_error.is_none() && out.republished);
+        assert_eq!(out.users, ["node0", "node1"]);
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //! - its `~/.ssh` (0700) gets a copy of the node's persistent user key, so the stock client
 //!   works with no options (`su - admin -c 'ssh host2'`);
 //! - a drop-in in `/etc/ssh/sshd_config.d/` (Debian's sshd_config includes it first, and the
-//!   first value of an option wins) points sshd at the persistent host key and turns password,
-//!   keyboard-interactive and root logins off; `sshd -T` must then confirm every one of those
-//!   before sshd is started;
+//!   first value of an option wins) points sshd at the persistent host key, allows public-key
+//!   logins of the cluster user only (`AuthenticationMethods publickey`, password,
+//!   keyboard-interactive and root logins off, at most 3 tries per connection) and turns every
+//!   kind of forwarding off (TCP, agent, X11, Unix sockets, tunnels): the cluster user only
+//!   ever runs commands on a peer. `sshd -T` must then confirm every one of those before sshd
+//!   is started;
 //! - sshd runs in the foreground (`-D -e`) as a child of `sshkeys sync`, restarted with
 //!   backoff; a sshd left over from a killed previous run is stopped through its pid file.
 
@@ -74,6 +77,14 @@ pub fn sshd_dropin(host_key: &Path, pidfile: &Path, user: &str) -> String {
          KbdInteractiveAuthentication no\n\
          PermitEmptyPasswords no\n\
          PermitRootLogin no\n\
+         AuthenticationMethods publickey\n\
+         MaxAuthTries 3\n\
+         AllowTcpForwarding no\n\
+         AllowAgentForwarding no\n\
+         AllowStreamLocalForwarding no\n\
+         X11Forwarding no\n\
+         PermitTunnel no\n\
+         PermitUserEnvironment no\n\
          StrictModes yes\n\
          AllowUsers {user}\n",
         host_key = host_key.display(),
@@ -104,6 +115,14 @@ pub fn check_effective(sshd_t: &str, host_key: &Path, user: &str) -> Vec<String>
         ("permitemptypasswords", "no"),
         ("permitrootlogin", "no"),
         ("pubkeyauthentication", "yes"),
+        ("authenticationmethods", "publickey"),
+        ("maxauthtries", "3"),
+        ("allowtcpforwarding", "no"),
+        ("allowagentforwarding", "no"),
+        ("allowstreamlocalforwarding", "no"),
+        ("x11forwarding", "no"),
+        ("permittunnel", "no"),
+        ("permituserenvironment", "no"),
         ("strictmodes", "yes"),
     ] {
         let got = get(key);
@@ -316,7 +335,10 @@ mod tests {
 
     const GOOD_T: &str = "port 22\nhostkey /data/ssh/ssh_host_ed25519_key\n\
         passwordauthentication no\nkbdinteractiveauthentication no\npermitemptypasswords no\n\
-        permitrootlogin no\npubkeyauthentication yes\nstrictmodes yes\nallowusers admin\n";
+        permitrootlogin no\npubkeyauthentication yes\nauthenticationmethods publickey\n\
+        maxauthtries 3\nallowtcpforwarding no\nallowagentforwarding no\n\
+        allowstreamlocalforwarding no\nx11forwarding no\npermittunnel no\n\
+        permituserenvironment no\nstrictmodes yes\nallowusers admin\n";
 
     #[test]
     fn dropin_turns_off_everything_but_keys() {
@@ -330,6 +352,11 @@ mod tests {
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "PermitRootLogin no",
+            "AuthenticationMethods publickey",
+            "MaxAuthTries 3",
+            "AllowTcpForwarding no",
+            "AllowAgentForwarding no",
+            "X11Forwarding no",
             "AllowUsers admin",
         ] {
             assert!(d.lines().any(|l| l == line), "{line} missing from\n{d}");
@@ -346,6 +373,10 @@ mod tests {
         assert!(p[0].contains("passwordauthentication"), "{p:?}");
         let extra_key = format!("{GOOD_T}hostkey /etc/ssh/ssh_host_rsa_key\n");
         assert!(check_effective(&extra_key, key, "admin")[0].contains("hostkey"));
+        let fwd = GOOD_T.replace("allowtcpforwarding no", "allowtcpforwarding yes");
+        assert!(check_effective(&fwd, key, "admin")[0].contains("allowtcpforwarding"));
+        let tries = GOOD_T.replace("maxauthtries 3", "maxauthtries 6");
+        assert!(check_effective(&tries, key, "admin")[0].contains("maxauthtries"));
         let root = GOOD_T.replace("permitrootlogin no", "permitrootlogin without-password");
         assert!(check_effective(&root, key, "admin")[0].contains("permitrootlogin"));
         assert!(!check_effective("", key, "admin").is_empty());

@@ -197,6 +197,10 @@ struct AppState {
     ip: String,
     hosts_file: PathBuf,
     endpoint: String,
+    /// The configured peers: the only nodes the page takes from etcd.
+    peers: Arc<Vec<clusterlab_core::schema::Peer>>,
+    /// Refused entries already logged.
+    rejects: Arc<std::sync::Mutex<schema::RejectLog>>,
     status: watch::Receiver<NodeStatus>,
     etcd: Arc<Mutex<Option<etcd_client::Client>>>,
     /// The last read of the live nodes, shared by page views.
@@ -228,6 +232,8 @@ pub fn router(
         ip: config.ip.clone(),
         hosts_file: config.hosts.file.clone(),
         endpoint: config.local_endpoint(),
+        peers: Arc::new(config.peer_list()),
+        rejects: Arc::default(),
         status,
         etcd: Arc::new(Mutex::new(None)),
         view: Arc::new(ViewCache::new(VIEW_CACHE_FOR)),
@@ -303,12 +309,19 @@ async fn read_view(st: &AppState) -> Result<ClusterView, ViewError> {
                 })
             }
         };
-    let kvs = resp
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key_str().unwrap_or(""), kv.value()));
-    let (view, errors) = ClusterView::from_kvs(kvs);
-    for e in errors {
+    let kvs = resp.kvs().iter().map(|kv| schema::RawKv {
+        key: kv.key_str().unwrap_or(""),
+        value: kv.value(),
+        lease: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    });
+    let (view, errors) = ClusterView::from_etcd(kvs, &st.peers);
+    // Once per refused key and revision, not once per page view.
+    let fresh: Vec<String> = match st.rejects.lock() {
+        Ok(mut log) => log.fresh(&errors).iter().map(|r| r.to_string()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for e in fresh {
         tracing::warn!(error = %e, "skipping invalid cluster entry");
     }
     Ok(view)

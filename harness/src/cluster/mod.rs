@@ -172,6 +172,8 @@ impl ClusterSpec {
             command: vec![
                 "--endpoints".into(),
                 self.etcd_endpoints().join(","),
+                "--peers".into(),
+                self.peers(),
                 "--listen".into(),
                 format!("0.0.0.0:{GATEWAY_PORT}"),
             ],
@@ -424,12 +426,14 @@ impl Cluster {
     pub async fn status(&self) -> Result<ClusterStatus> {
         let states = self.objects.container_states().await?;
         let state_of = |c: &str| states.get(c).cloned().unwrap_or(ContainerState::Missing);
+        let peers = clusterlab_core::schema::parse_peers(&self.spec.peers()).unwrap_or_default();
+        let peers = &peers;
         let probes = (0..self.spec.nodes).map(|i| {
             let state = state_of(&self.names.node_container(i));
             let endpoint = format!("http://{}:2379", self.spec.node_ip(i));
             async move {
                 if state.is_running() {
-                    probe_member(&endpoint, true).await
+                    probe_member(&endpoint, Some(peers)).await
                 } else {
                     Err(ProbeError::NotRunning(state))
                 }
@@ -573,6 +577,7 @@ mod tests {
             ["lab-shared:/shared:ro"]
         );
         assert_eq!(g.command[1], s.etcd_endpoints().join(","));
+        assert_eq!(g.command[2..4], ["--peers".to_string(), s.peers()]);
     }
 
     #[test]

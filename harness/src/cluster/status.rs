@@ -40,10 +40,14 @@ pub struct MemberProbe {
     pub view: Option<ClusterView>,
 }
 
-/// Asks the member at `endpoint` (`http://ip:port`) for its Status and, with `read_view`,
-/// the `/clusterlab/` keys (serializable read, so a member cut off from the majority still
-/// answers with what it has). At most [`PROBE_TIMEOUT`].
-pub async fn probe_member(endpoint: &str, read_view: bool) -> Result<MemberProbe, ProbeError> {
+/// Asks the member at `endpoint` (`http://ip:port`) for its Status and, given the cluster's
+/// peers (`view_of`), the `/clusterlab/` view they give, judged as every node judges it
+/// (serializable read, so a member cut off from the majority still answers with what it
+/// has). At most [`PROBE_TIMEOUT`].
+pub async fn probe_member(
+    endpoint: &str,
+    view_of: Option<&[schema::Peer]>,
+) -> Result<MemberProbe, ProbeError> {
     let fut = async {
         let mut client = clusterlab_core::etcd::connect(endpoint)
             .await
@@ -61,7 +65,7 @@ pub async fn probe_member(endpoint: &str, read_view: bool) -> Result<MemberProbe
             .ok_or_else(|| ProbeError::NoHeader {
                 endpoint: endpoint.to_string(),
             })?;
-        let view = if read_view {
+        let view = if let Some(peers) = view_of {
             let opts = etcd_client::GetOptions::new()
                 .with_prefix()
                 .with_serializable();
@@ -70,12 +74,13 @@ pub async fn probe_member(endpoint: &str, read_view: bool) -> Result<MemberProbe
                 .await
                 .ok()
                 .map(|resp| {
-                    let kvs: Vec<(String, Vec<u8>)> = resp
-                        .kvs()
-                        .iter()
-                        .map(|kv| (kv.key_str().unwrap_or("").to_string(), kv.value().to_vec()))
-                        .collect();
-                    ClusterView::from_kvs(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).0
+                    let kvs = resp.kvs().iter().map(|kv| schema::RawKv {
+                        key: kv.key_str().unwrap_or(""),
+                        value: kv.value(),
+                        lease: kv.lease(),
+                        mod_revision: kv.mod_revision(),
+                    });
+                    ClusterView::from_etcd(kvs, peers).0
                 })
         } else {
             None

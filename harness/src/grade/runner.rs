@@ -400,7 +400,7 @@ impl GradedCluster {
     /// What a node's etcd member says about itself, asked from the host.
     pub async fn member_status(&self, node: &NodeRef) -> Result<MemberStatus, ProbeError> {
         let endpoint = format!("http://{}:{}", node.ip, self.profile.judge.etcd_client_port);
-        probe_member(&endpoint, false).await.map(|p| p.status)
+        probe_member(&endpoint, None).await.map(|p| p.status)
     }
 
     /// Asks a node's leader-service port for the profile's path.

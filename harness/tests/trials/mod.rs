@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod partition;
 pub mod proxy;
 pub mod ssh;
+pub mod trust;
 
 /// All trials, in the order they run.
 pub fn all(env: &Environment) -> Vec<Trial> {
@@ -18,6 +19,7 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(foundation::trials(env));
     t.extend(hosts::trials(env));
     t.extend(ssh::trials(env));
+    t.extend(trust::trials(env));
     t.extend(partition::trials(env));
     t.extend(proxy::trials(env));
     t.extend(grading::trials(env));

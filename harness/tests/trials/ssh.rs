@@ -522,6 +522,11 @@ async fn no_password(c: Cluster) -> anyhow::Result<()> {
             "kbdinteractiveauthentication no",
             "permitrootlogin no",
             "pubkeyauthentication yes",
+            "authenticationmethods publickey",
+            "maxauthtries 3",
+            "allowtcpforwarding no",
+            "allowagentforwarding no",
+            "x11forwarding no",
         ] {
             ensure!(
                 out.stdout.lines().any(|l| l.trim() == want),
@@ -536,7 +541,7 @@ async fn no_password(c: Cluster) -> anyhow::Result<()> {
             st.stdout
         );
     }
-    println!("ssh_no_password: sshd -T on every node: password, keyboard-interactive and root login off; admin's password locked");
+    println!("ssh_no_password: sshd -T on every node: public keys only, password, keyboard-interactive and root login off, at most 3 tries, no TCP/agent/X11 forwarding; admin's password locked");
 
     // Give the target real passwords, so that only sshd's configuration stands in the way,
     // and a second sshd on port 2222 that does accept passwords: the control that proves the
@@ -546,7 +551,8 @@ async fn no_password(c: Cluster) -> anyhow::Result<()> {
         &c,
         target,
         "set -e; echo admin:clusterlab | chpasswd; echo root:clusterlab | chpasswd; \
-         /usr/sbin/sshd -p 2222 -o PasswordAuthentication=yes -o PidFile=/run/probe-sshd.pid",
+         /usr/sbin/sshd -p 2222 -o PasswordAuthentication=yes -o AuthenticationMethods=any \
+         -o PidFile=/run/probe-sshd.pid",
     )
     .await?;
     ensure!(setup.code == 0, "{target}: setup failed: {}", setup.stderr);

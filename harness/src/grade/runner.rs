@@ -91,8 +91,11 @@ pub async fn prepare_image(
             }
         }
         ImageSource::Build(dir) => {
+            // The folder is checked and packed before Docker is asked for anything.
+            let context = submission_context(&dir)?;
             let base = ensure_base(docker, opts).await?;
-            build_dir_image_within(docker, &dir, &base, &profile.name, &profile.limits).await
+            build_dir_image_within(docker, &dir, context, &base, &profile.name, &profile.limits)
+                .await
         }
         ImageSource::ClusterlabNode => Ok(ensure_images(docker, opts).await?.node),
     }
@@ -226,26 +229,31 @@ fn read_context_dir_within(
     Ok(files)
 }
 
-/// Builds the image of a directory holding a Dockerfile, on top of `base` (passed as the
+/// The build context of a submission's folder ([`read_context_dir`]), which must hold a
+/// Dockerfile.
+pub fn submission_context(dir: &Path) -> Result<NodeContext, HarnessError> {
+    if !dir.join("Dockerfile").is_file() {
+        return Err(HarnessError::NoDockerfile {
+            dir: dir.display().to_string(),
+        });
+    }
+    Ok(NodeContext {
+        files: read_context_dir(dir)?,
+    })
+}
+
+/// Builds the image of a directory holding a Dockerfile (its `context`), on top of `base` (passed as the
 /// build argument BASE), tagged `clusterlab-submission-<label>:<content hash>` and reused
 /// while neither the directory nor the base image changes. The build runs with no network,
 /// within the memory and CPU limits of `limits`, and is cancelled after `limits.build_s`.
 pub async fn build_dir_image_within(
     docker: &Docker,
     dir: &Path,
+    context: NodeContext,
     base: &str,
     label: &str,
     limits: &Limits,
 ) -> Result<String, ImageError> {
-    if !dir.join("Dockerfile").is_file() {
-        return Err(HarnessError::NoDockerfile {
-            dir: dir.display().to_string(),
-        }
-        .into());
-    }
-    let context = NodeContext {
-        files: read_context_dir(dir).map_err(HarnessError::from)?,
-    };
     let base_id = ctx(
         format!("inspecting base image {base}"),
         docker.inspect_image(base).await,
@@ -292,7 +300,7 @@ pub async fn build_dir_image_within(
             if let Some(s) = info.stream {
                 keep_output(&mut output, &s);
                 if let Some(last) = output.lines().last() {
-                    step.detail(last);
+                    step.detail(&clean(last));
                 }
             }
         }

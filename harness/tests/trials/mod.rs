@@ -6,6 +6,7 @@ use libtest_mimic::Trial;
 pub mod common;
 pub mod foundation;
 pub mod grading;
+pub mod hostile;
 pub mod hosts;
 pub mod partition;
 pub mod proxy;
@@ -20,5 +21,6 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(partition::trials(env));
     t.extend(proxy::trials(env));
     t.extend(grading::trials(env));
+    t.extend(hostile::trials(env));
     t
 }

@@ -99,7 +99,7 @@ fn subnet() -> Subnet {
 }
 
 fn hostile_trial(env: &Environment, h: &'static Hostile) -> Trial {
-    let name = format!("hostile_{}", h.dir);
+    let name = format!("grader_hostile_{}", h.dir);
     match env.clone() {
         Environment::Unavailable(reason) => {
             if docker_required() {

@@ -16,8 +16,7 @@ use crate::names::{
 use crate::oracle::ContainerState;
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, HostConfigLogConfig,
-    Ipam, IpamConfig,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
+    Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
@@ -467,7 +466,12 @@ impl ClusterObjects {
 
     /// The last `lines` lines of a container's log, at most `max_bytes` of them (the end is
     /// kept, and the text then starts with a note saying it was cut).
-    pub async fn logs_tail_capped(&self, container: &str, lines: usize, max_bytes: usize) -> String {
+    pub async fn logs_tail_capped(
+        &self,
+        container: &str,
+        lines: usize,
+        max_bytes: usize,
+    ) -> String {
         let mut logs = self.docker.logs(
             container,
             Some(bollard::query_parameters::LogsOptions {
@@ -915,6 +919,51 @@ mod tests {
             .ipv4_address
             .clone();
         assert_eq!(addr.as_deref(), Some("10.77.0.5"));
+    }
+
+    #[test]
+    fn a_confined_container_drops_every_capability_and_is_limited() {
+        let mut spec = ContainerSpec {
+            container: "g-node0".into(),
+            image: "img".into(),
+            cap_add: vec!["SETUID".into()],
+            ip: Some(Ipv4Addr::new(10, 79, 1, 10)),
+            confinement: Some(Confinement {
+                memory_bytes: 64 << 20,
+                pids: 100,
+                nano_cpus: 250_000_000,
+                log_file_bytes: 1 << 20,
+                log_files: 2,
+            }),
+            ..Default::default()
+        };
+        let hc = spec.body("g-net", HashMap::new()).host_config.unwrap();
+        assert_eq!(hc.cap_drop.unwrap(), ["ALL"]);
+        assert_eq!(hc.cap_add.unwrap(), ["SETUID"]);
+        assert_eq!(hc.security_opt.unwrap(), ["no-new-privileges"]);
+        assert_eq!(hc.memory, Some(64 << 20));
+        // No swap beyond the memory limit.
+        assert_eq!(hc.memory_swap, Some(64 << 20));
+        assert_eq!(hc.pids_limit, Some(100));
+        assert_eq!(hc.nano_cpus, Some(250_000_000));
+        let log = hc.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let cfg = log.config.unwrap();
+        assert_eq!(cfg["max-size"], "1048576");
+        assert_eq!(cfg["max-file"], "2");
+        // Without confinement (harness up's own nodes), Docker's defaults stay.
+        spec.confinement = None;
+        let hc = spec.body("g-net", HashMap::new()).host_config.unwrap();
+        assert_eq!(
+            (
+                hc.cap_drop,
+                hc.security_opt,
+                hc.memory,
+                hc.pids_limit,
+                hc.log_config
+            ),
+            (None, None, None, None, None)
+        );
     }
 
     #[test]

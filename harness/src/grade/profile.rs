@@ -129,7 +129,11 @@ impl Profile {
     /// `node.cap_add`, every one of which must be in [`BASELINE_CAPS`] or in `allowed`
     /// (the operator's `--allow-cap`). Refused, naming the capability and the flag,
     /// otherwise. Names are normalized (`cap_net_admin` → `NET_ADMIN`).
-    pub fn granted_caps(&self, allowed: &[String], file: &str) -> Result<Vec<String>, CapNotAllowed> {
+    pub fn granted_caps(
+        &self,
+        allowed: &[String],
+        file: &str,
+    ) -> Result<Vec<String>, CapNotAllowed> {
         let allowed: Vec<String> = allowed.iter().filter_map(|c| capability(c).ok()).collect();
         let mut out = Vec::new();
         for cap in &self.node.cap_add {
@@ -500,7 +504,10 @@ impl Profile {
         if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&l.memory_mb) {
             return invalid(
                 "limits.memory_mb",
-                format!("is {}; give {MIN_MEMORY_MB} to {MAX_MEMORY_MB}", l.memory_mb),
+                format!(
+                    "is {}; give {MIN_MEMORY_MB} to {MAX_MEMORY_MB}",
+                    l.memory_mb
+                ),
             );
         }
         if !(MIN_PIDS..=MAX_PIDS).contains(&l.pids) {
@@ -818,10 +825,66 @@ dead_node_s = 20
                 Box::new(|p| p.judge.ssh_expect = "{".into()),
             ),
             ("`limits.poll_ms`", Box::new(|p| p.limits.poll_ms = 0)),
+            ("`limits.build_s`", Box::new(|p| p.limits.build_s = 0)),
+            ("`limits.memory_mb`", Box::new(|p| p.limits.memory_mb = 8)),
+            ("`limits.pids`", Box::new(|p| p.limits.pids = 0)),
+            ("`limits.cpus`", Box::new(|p| p.limits.cpus = 0.0)),
+            ("`limits.cpus`", Box::new(|p| p.limits.cpus = f64::NAN)),
+            ("`limits.log_mb`", Box::new(|p| p.limits.log_mb = 0)),
+            (
+                "`node.cap_add`",
+                Box::new(|p| p.node.cap_add = vec!["NET_ADMINN".into()]),
+            ),
+            (
+                "`node.cap_add`",
+                Box::new(|p| p.node.cap_add = vec!["ALL".into()]),
+            ),
         ];
         for (key, f) in cases {
             let e = checked(f).expect_err(key).to_string();
             assert!(e.contains(key) && e.contains("t.toml"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn capabilities_beyond_the_baseline_need_the_operator() {
+        assert_eq!(capability("cap_net_admin").unwrap(), "NET_ADMIN");
+        assert_eq!(capability(" SETUID ").unwrap(), "SETUID");
+        assert!(capability("ALL").unwrap_err().contains("ALL"));
+        assert!(capability("FLY")
+            .unwrap_err()
+            .contains("not a Linux capability"));
+        let mut p = Profile {
+            name: "x".into(),
+            ..Default::default()
+        };
+        // Nothing asked, nothing granted.
+        assert_eq!(p.granted_caps(&[], "p.toml").unwrap(), Vec::<String>::new());
+        // The baseline needs no consent; names are normalized and listed once.
+        p.node.cap_add = vec!["setuid".into(), "CAP_SETGID".into(), "SETUID".into()];
+        assert_eq!(p.granted_caps(&[], "p.toml").unwrap(), ["SETUID", "SETGID"]);
+        // Anything else is refused, naming the capability and the flag, until allowed.
+        p.node.cap_add = vec!["SETUID".into(), "NET_ADMIN".into()];
+        let e = p.granted_caps(&[], "p.toml").unwrap_err();
+        assert_eq!(e.cap, "NET_ADMIN");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("NET_ADMIN")
+                && msg.contains("--allow-cap NET_ADMIN")
+                && msg.contains("p.toml"),
+            "{msg}"
+        );
+        assert!(p.granted_caps(&["SYS_ADMIN".into()], "p.toml").is_err());
+        assert_eq!(
+            p.granted_caps(&["cap_net_admin".into()], "p.toml").unwrap(),
+            ["SETUID", "NET_ADMIN"]
+        );
+        // Docker's default set is not the baseline: NET_RAW and MKNOD need consent.
+        for cap in ["NET_RAW", "MKNOD", "SYS_ADMIN", "SYS_PTRACE"] {
+            assert!(!BASELINE_CAPS.contains(&cap), "{cap}");
+        }
+        for cap in BASELINE_CAPS {
+            assert!(LINUX_CAPS.contains(&cap), "{cap}");
         }
     }
 
@@ -869,9 +932,20 @@ dead_node_s = 20
             "profiles/clusterlab.toml",
             "fixtures/good/profile.toml",
             "fixtures/faulty/profile.toml",
+            "fixtures/hostile/forkbomb/profile.toml",
+            "fixtures/hostile/memhog/profile.toml",
+            "fixtures/hostile/flood/profile.toml",
+            "fixtures/hostile/symlink/profile.toml",
+            "fixtures/hostile/linkloop/profile.toml",
+            "fixtures/hostile/escapes/profile.toml",
+            "fixtures/hostile/endless/profile.toml",
         ] {
             let path = root.join(p);
             let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // The shipped profiles ask only for what needs no --allow-cap.
+            profile
+                .granted_caps(&[], p)
+                .unwrap_or_else(|e| panic!("{e}"));
             if let ImageSource::Build(dir) = profile.image_source() {
                 assert!(dir.join("Dockerfile").is_file(), "{p}: {}", dir.display());
             }

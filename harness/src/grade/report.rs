@@ -475,6 +475,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cleaned_report_holds_no_control_character() {
+        let mut r = sample();
+        r.scenarios.push(ScenarioReport::not_run(
+            crate::grade::scenarios::Scenario::KillLeader,
+            "no image: \u{1b}]0;title\u{7}build \u{1b}[31mfailed\u{1b}[0m",
+        ));
+        r.scenarios[1].notes.push("\u{1b}[2Jnote".into());
+        let c = r.cleaned();
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            !json.contains("\\u001b") && !json.contains("\\u0007"),
+            "{json}"
+        );
+        let last = c.scenarios.last().unwrap();
+        assert_eq!(last.status, Status::Error);
+        assert_eq!(last.reason.as_deref(), Some("no image: build failed"));
+        assert_eq!(c.scenarios[1].notes.last().unwrap(), "note");
+        assert!(c.scenarios[1]
+            .logs
+            .as_deref()
+            .unwrap()
+            .contains("daemon: <started> & \u{FFFD}"));
+    }
+
+    #[test]
     fn reports_are_written() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("out");

@@ -451,6 +451,10 @@ async fn stopped_nodes(sub: &GradedCluster, live: &[NodeRef]) -> Option<String> 
     for n in live {
         match sub.not_running(n).await {
             Ok(None) => {}
+            Ok(Some(why)) if why.oom_killed => stopped.push(format!(
+                "{n} stopped: {why}: {} MiB allowed (limits.memory_mb)",
+                sub.profile.limits.memory_mb
+            )),
             Ok(Some(why)) => stopped.push(format!("{n} stopped: {why}")),
             Err(e) => stopped.push(format!("{n}: {e}")),
         }

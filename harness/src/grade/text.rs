@@ -117,7 +117,10 @@ mod tests {
     #[test]
     fn escape_sequences_are_removed_whole() {
         // Colours, cursor movement, clearing the screen.
-        assert_eq!(clean("\u{1b}[31mred\u{1b}[0m \u{1b}[2J\u{1b}[1;1Hx"), "red x");
+        assert_eq!(
+            clean("\u{1b}[31mred\u{1b}[0m \u{1b}[2J\u{1b}[1;1Hx"),
+            "red x"
+        );
         // A window title (OSC ended by BEL and by ST), and a hyperlink.
         assert_eq!(clean("a\u{1b}]0;pwned\u{7}b"), "ab");
         assert_eq!(clean("a\u{1b}]0;pwned\u{1b}\\b"), "ab");
@@ -137,7 +140,10 @@ mod tests {
 
     #[test]
     fn other_controls_become_visible_replacements() {
-        assert_eq!(clean("a\u{7}b\u{0}c\u{8}d\u{7f}e"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}d\u{FFFD}e");
+        assert_eq!(
+            clean("a\u{7}b\u{0}c\u{8}d\u{7f}e"),
+            "a\u{FFFD}b\u{FFFD}c\u{FFFD}d\u{FFFD}e"
+        );
         // Line ends: CRLF is a line end, a lone CR (which overwrites a line) is not.
         assert_eq!(clean("one\r\ntwo\rthree"), "one\ntwo\u{FFFD}three");
         // C1 controls other than the sequence introducers.
@@ -160,8 +166,9 @@ mod tests {
         ] {
             let c = clean(&s);
             assert!(
-                c.chars()
-                    .all(|c| c == '\n' || c == '\t' || !(c.is_control() || is_direction_override(c))),
+                c.chars().all(|c| c == '\n'
+                    || c == '\t'
+                    || !(c.is_control() || is_direction_override(c))),
                 "{c:?}"
             );
             // Cleaning is idempotent.

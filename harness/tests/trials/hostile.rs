@@ -41,7 +41,7 @@ const HOSTILE: [Hostile; 7] = [
         dir: "memhog",
         bound: Duration::from_secs(90),
         status: Status::Failed,
-        names: &["out of memory", "exit code 137"],
+        names: &["out of memory", "limits.memory_mb", "exit code 137"],
     },
     Hostile {
         dir: "flood",
@@ -81,10 +81,9 @@ const HOSTILE: [Hostile; 7] = [
 const MAX_PING: Duration = Duration::from_secs(5);
 
 pub fn trials(env: &Environment) -> Vec<Trial> {
-    HOSTILE
-        .iter()
-        .map(|h| hostile_trial(env, h))
-        .collect()
+    let mut t: Vec<Trial> = HOSTILE.iter().map(|h| hostile_trial(env, h)).collect();
+    t.push(isolation_trial(env));
+    t
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -151,8 +150,8 @@ async fn grade_hostile(docker: bollard::Docker, h: &Hostile) -> anyhow::Result<(
     let report = tokio::time::timeout(h.bound, grade(&docker, &p, &file, &opts)).await;
     let took = started.elapsed();
     pinger.abort();
-    let report = report
-        .map_err(|_| anyhow::anyhow!("grading did not finish within {:?}", h.bound))??;
+    let report =
+        report.map_err(|_| anyhow::anyhow!("grading did not finish within {:?}", h.bound))??;
     let slowest = *slowest.lock().unwrap_or_else(|e| e.into_inner());
     print!("{}", harness::grade::report::summary_table(&report));
     println!(
@@ -249,5 +248,224 @@ async fn grade_hostile(docker: bollard::Docker, h: &Hostile) -> anyhow::Result<(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    Ok(())
+}
+
+/// A graded cluster's containers are held in, and its network leads nowhere: every
+/// capability dropped (CapEff 0 inside), `no-new-privileges`, the profile's limits on
+/// memory, processes, CPU and log; an internal network, from which a node cannot reach a
+/// container on another network, while the host still reaches the node.
+pub fn isolation_trial(env: &Environment) -> Trial {
+    let name = "grader_isolation";
+    match env.clone() {
+        Environment::Unavailable(reason) => {
+            if docker_required() {
+                Trial::test(name, move || {
+                    Err(format!("Docker is required but unavailable: {reason}").into())
+                })
+            } else {
+                Trial::test(name, || Ok(())).with_ignored_flag(true)
+            }
+        }
+        Environment::Ready { docker, .. } => Trial::test(name, move || {
+            runtime()
+                .block_on(async {
+                    let base = harness::images::ensure_base(
+                        &docker,
+                        &ImageOptions::for_workspace(default_workspace()),
+                    )
+                    .await?;
+                    let tag = format!("h{}-iso", std::process::id() % 10_000);
+                    let inside = format!("{tag}-in");
+                    let outside =
+                        harness::cluster::ClusterObjects::new(&docker, &format!("{tag}-out"))
+                            .run_scoped();
+                    let r = isolation(&docker, &base, &inside, &outside).await;
+                    let _ = harness::cluster::down(&docker, &inside).await;
+                    let _ = outside.remove().await;
+                    r
+                })
+                .map_err(|e: anyhow::Error| format!("{e:#}").into())
+        }),
+    }
+}
+
+async fn isolation(
+    docker: &bollard::Docker,
+    base: &str,
+    inside: &str,
+    outside: &harness::cluster::ClusterObjects,
+) -> anyhow::Result<()> {
+    use harness::grade::judge::ServiceProbe;
+    use harness::grade::profile::IpPlan;
+    use harness::grade::runner::{http_status, GradedCluster};
+    let serve = vec![
+        "python3".to_string(),
+        "-m".into(),
+        "http.server".into(),
+        "8888".into(),
+    ];
+    let mut p = Profile {
+        name: "iso".into(),
+        ..Default::default()
+    };
+    p.submission.image = Some(base.to_string());
+    p.node.command = serve.clone();
+    p.node.cap_add = vec!["SETUID".into()];
+    p.limits.memory_mb = 96;
+    p.limits.pids = 48;
+    p.limits.cpus = 0.5;
+    p.limits.log_mb = 2;
+    let plan = IpPlan {
+        subnet: subnet(),
+        first_offset: 10,
+        nodes: 3,
+    };
+    let sub = GradedCluster::new(docker, &p, base, inside, plan);
+    sub.up().await?;
+    // Another network, not internal, with a web server on it: outside the cluster.
+    let out_subnet = subnet();
+    let out_ip = out_subnet.host(10);
+    outside
+        .create_all(
+            out_subnet,
+            &[],
+            &[],
+            &[harness::cluster::ContainerSpec {
+                container: format!("{}-web", outside.cluster()),
+                image: base.to_string(),
+                command: serve,
+                ip: Some(out_ip),
+                init: true,
+                ..Default::default()
+            }],
+        )
+        .await?;
+    let node = sub.node(0);
+    let container = sub.container(&node)?;
+    // What Docker was told.
+    let info = docker.inspect_container(&container, None).await?;
+    let hc = info.host_config.context("no host config")?;
+    ensure!(
+        hc.cap_drop.as_deref() == Some(&["ALL".to_string()][..]),
+        "cap_drop: {:?}",
+        hc.cap_drop
+    );
+    ensure!(
+        hc.cap_add.as_deref() == Some(&["SETUID".to_string()][..]),
+        "cap_add: {:?}",
+        hc.cap_add
+    );
+    ensure!(
+        hc.security_opt
+            .iter()
+            .flatten()
+            .any(|o| o.starts_with("no-new-privileges")),
+        "security_opt: {:?}",
+        hc.security_opt
+    );
+    ensure!(
+        hc.memory == Some(96 << 20) && hc.memory_swap == Some(96 << 20),
+        "memory: {:?} {:?}",
+        hc.memory,
+        hc.memory_swap
+    );
+    ensure!(hc.pids_limit == Some(48), "pids_limit: {:?}", hc.pids_limit);
+    ensure!(
+        hc.nano_cpus == Some(500_000_000),
+        "nano_cpus: {:?}",
+        hc.nano_cpus
+    );
+    let log = hc.log_config.context("no log config")?;
+    let cfg = log.config.unwrap_or_default();
+    ensure!(
+        log.typ.as_deref() == Some("json-file")
+            && cfg.get("max-size").map(String::as_str) == Some("2097152")
+            && cfg.get("max-file").map(String::as_str) == Some("2"),
+        "log config: {:?} {cfg:?}",
+        log.typ
+    );
+    let net = docker
+        .inspect_network(
+            &sub.names().network(),
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await?;
+    ensure!(
+        net.internal == Some(true),
+        "the graded network is not internal: {:?}",
+        net.internal
+    );
+    // What the kernel enforces inside: SETUID alone, and no new privileges.
+    let st = sub.exec(&node, &["cat", "/proc/1/status"]).await?;
+    let field = |k: &str| {
+        st.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    ensure!(
+        field("CapEff:") == "0000000000000080",
+        "CapEff of PID 1: {}",
+        field("CapEff:")
+    );
+    ensure!(
+        field("CapBnd:") == "0000000000000080",
+        "CapBnd of PID 1: {}",
+        field("CapBnd:")
+    );
+    ensure!(
+        field("NoNewPrivs:") == "1",
+        "NoNewPrivs of PID 1: {}",
+        field("NoNewPrivs:")
+    );
+    // The host reaches the node, and the container outside, over HTTP.
+    for (what, addr) in [
+        ("the node", format!("{}:8888", node.ip)),
+        ("the container outside", format!("{out_ip}:8888")),
+    ] {
+        harness::wait_for(
+            &format!("HTTP from the host to {what}"),
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            || async {
+                match http_status(&addr, "/", Duration::from_secs(2)).await {
+                    ServiceProbe::Http(200) => Ok(()),
+                    other => Err(other.to_string()),
+                }
+            },
+        )
+        .await?;
+    }
+    // The node does not reach the container outside (nor does it reach its peers' port
+    // through anything but the cluster's network: the peer check shows the probe works).
+    let probe = |ip: String| {
+        format!(
+            "import socket\ntry:\n    socket.create_connection(('{ip}', 8888), timeout=3).close()\n    print('connected')\nexcept OSError as e:\n    print('failed', e)\n"
+        )
+    };
+    let peer = sub
+        .exec(
+            &node,
+            &["python3", "-c", &probe(sub.node(1).ip.to_string())],
+        )
+        .await?;
+    ensure!(
+        peer.stdout.starts_with("connected"),
+        "node0 cannot reach node1: {}{}",
+        peer.stdout,
+        peer.stderr
+    );
+    let out = sub
+        .exec(&node, &["python3", "-c", &probe(out_ip.to_string())])
+        .await?;
+    ensure!(
+        out.stdout.starts_with("failed"),
+        "node0 reached {out_ip} outside its network: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    println!("node0 to {out_ip}: {}", out.stdout.trim());
+    sub.down().await?;
     Ok(())
 }

@@ -99,6 +99,10 @@ pub enum HarnessError {
     },
     #[error(transparent)]
     Wait(#[from] crate::wait::WaitError),
+    /// A step of the grader (a Docker call, a command in a container) took longer than its
+    /// bound and was abandoned.
+    #[error("{what} did not finish within {secs} s")]
+    StepTimedOut { what: String, secs: u64 },
 }
 
 /// Result alias for the harness library.

@@ -22,6 +22,11 @@ pub struct GradeArgs {
     /// Run only this scenario (repeatable): startup, kill_follower, kill_leader.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
+    /// Allow the profile's node.cap_add to grant this Linux capability (repeatable; e.g.
+    /// NET_ADMIN). Without it, the submission's containers get no capability beyond the
+    /// baseline docs/GRADING.md lists, and a profile asking for one is refused.
+    #[arg(long = "allow-cap", value_name = "CAP")]
+    pub allow_caps: Vec<String>,
     #[command(flatten)]
     pub images: super::ImagesArgs,
 }
@@ -38,6 +43,7 @@ pub async fn run(a: GradeArgs) -> anyhow::Result<()> {
     options.image = a.image.clone();
     options.subnet = a.subnet;
     options.scenarios = scenarios_by_name(&a.scenarios)?;
+    options.allow_caps = a.allow_caps.clone();
     let req = GradeRun {
         profile,
         report_dir: a.report.clone(),

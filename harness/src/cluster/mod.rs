@@ -11,8 +11,8 @@ pub mod objects;
 pub mod status;
 
 pub use objects::{
-    down, exec_in, list_objects, logs_tail, ClusterObjects, ContainerRole, ContainerSpec,
-    ExecOutput, Stopped,
+    down, exec_in, list_objects, logs_tail, ClusterObjects, Confinement, ContainerRole,
+    ContainerSpec, ExecOutput, Stopped,
 };
 pub use status::{probe_member, ClusterStatus, GatewayState, NodeState, ProbeError};
 

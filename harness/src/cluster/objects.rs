@@ -15,8 +15,8 @@ use crate::names::{
 };
 use crate::oracle::ContainerState;
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, HostConfigLogConfig,
+    Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig, PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
@@ -92,6 +92,24 @@ pub struct ContainerSpec {
     pub stop_timeout_s: Option<i64>,
     /// Run an init process as PID 1 (reaps zombies, forwards signals).
     pub init: bool,
+    /// Resource limits, dropped capabilities and privileges; `None` runs the container as
+    /// Docker would by default (`harness up`'s own clusters).
+    pub confinement: Option<Confinement>,
+}
+
+/// How a container that runs untrusted code is held in: every capability dropped but
+/// `ContainerSpec::cap_add`, `no-new-privileges`, and limits on memory (swap included),
+/// processes, CPU and the size of its log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confinement {
+    pub memory_bytes: i64,
+    pub pids: i64,
+    /// CPUs, in billionths (Docker's NanoCpus).
+    pub nano_cpus: i64,
+    /// Size of one json-file log file, in bytes.
+    pub log_file_bytes: u64,
+    /// Log files kept (the oldest is dropped when the newest is full).
+    pub log_files: u32,
 }
 
 impl ContainerSpec {
@@ -114,6 +132,7 @@ impl ContainerSpec {
             )
             .collect();
         let port = self.publish.map(|(p, _)| format!("{p}/tcp"));
+        let c = self.confinement.as_ref();
         ContainerCreateBody {
             image: Some(self.image.clone()),
             hostname: self.hostname.clone(),
@@ -127,6 +146,19 @@ impl ContainerSpec {
                 init: self.init.then_some(true),
                 binds: nonempty(&binds),
                 cap_add: nonempty(&self.cap_add),
+                cap_drop: c.map(|_| vec!["ALL".to_string()]),
+                security_opt: c.map(|_| vec!["no-new-privileges".to_string()]),
+                memory: c.map(|c| c.memory_bytes),
+                memory_swap: c.map(|c| c.memory_bytes),
+                pids_limit: c.map(|c| c.pids),
+                nano_cpus: c.map(|c| c.nano_cpus),
+                log_config: c.map(|c| HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), c.log_file_bytes.to_string()),
+                        ("max-file".to_string(), c.log_files.to_string()),
+                    ])),
+                }),
                 network_mode: self.ip.map(|_| network.to_string()),
                 port_bindings: self.publish.map(|(p, host)| {
                     HashMap::from([(
@@ -168,6 +200,8 @@ pub struct Stopped {
     pub exit_code: i64,
     /// Docker's error text for the container, if it has one.
     pub error: Option<String>,
+    /// The kernel killed a process of the container for exceeding its memory limit.
+    pub oom_killed: bool,
 }
 
 impl std::fmt::Display for Stopped {
@@ -177,6 +211,9 @@ impl std::fmt::Display for Stopped {
             "its container {} is {} (exit code {})",
             self.container, self.state, self.exit_code
         )?;
+        if self.oom_killed {
+            write!(f, ", killed for running out of memory (its memory limit)")?;
+        }
         if let Some(e) = &self.error {
             write!(f, ": {e}")?;
         }
@@ -220,6 +257,7 @@ pub struct ClusterObjects {
     pub docker: Docker,
     pub names: ClusterNames,
     run_scoped: bool,
+    internal: bool,
 }
 
 fn label_filters(filter: &str) -> HashMap<String, Vec<String>> {
@@ -233,7 +271,16 @@ impl ClusterObjects {
             docker: docker.clone(),
             names: ClusterNames::new(name),
             run_scoped: false,
+            internal: false,
         }
+    }
+
+    /// The cluster's network will be internal: Docker routes nothing between it and any
+    /// other network or the outside world. The host still reaches the containers'
+    /// addresses (and they the host's own, which Docker does not filter).
+    pub fn internal_network(mut self) -> Self {
+        self.internal = true;
+        self
     }
 
     /// Marks the objects as belonging to this run: they carry `clusterlab.pid` and a later
@@ -280,6 +327,7 @@ impl ClusterObjects {
             .create_network(NetworkCreateRequest {
                 name: name.clone(),
                 driver: Some("bridge".into()),
+                internal: self.internal.then_some(true),
                 ipam: Some(Ipam {
                     driver: Some("default".into()),
                     config: Some(vec![IpamConfig {
@@ -423,6 +471,59 @@ impl ClusterObjects {
         logs_tail(&self.docker, container, lines).await
     }
 
+    /// The last `lines` lines of a container's log, at most `max_bytes` of them (the end is
+    /// kept, and the text then starts with a note saying it was cut).
+    pub async fn logs_tail_capped(
+        &self,
+        container: &str,
+        lines: usize,
+        max_bytes: usize,
+    ) -> String {
+        let mut logs = self.docker.logs(
+            container,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut bytes: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+        let mut cut = false;
+        while let Some(Ok(chunk)) = logs.next().await {
+            bytes.extend(chunk.into_bytes().iter());
+            if bytes.len() > max_bytes {
+                bytes.drain(..bytes.len() - max_bytes);
+                cut = true;
+            }
+        }
+        let text = String::from_utf8_lossy(bytes.make_contiguous()).into_owned();
+        if cut {
+            format!("[log cut to its last {max_bytes} bytes]\n{text}")
+        } else {
+            text
+        }
+    }
+
+    /// Processes in a container now and its limit (0 for none), as Docker's stats say.
+    pub async fn pids(&self, container: &str) -> Result<(u64, u64)> {
+        let mut s = self.docker.stats(
+            container,
+            Some(bollard::query_parameters::StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        match s.next().await {
+            Some(r) => {
+                let st = ctx(format!("reading the stats of {container}"), r)?;
+                let p = st.pids_stats.unwrap_or_default();
+                Ok((p.current.unwrap_or(0), p.limit.unwrap_or(0)))
+            }
+            None => Ok((0, 0)),
+        }
+    }
+
     /// The last `lines` lines of each of `containers`' logs, headed by the container name.
     pub async fn logs_tails(&self, containers: &[String], lines: usize) -> String {
         let mut out = String::new();
@@ -483,6 +584,7 @@ impl ClusterObjects {
                 .unwrap_or(ContainerState::Other("not running".into())),
             exit_code: st.exit_code.unwrap_or(-1),
             error: st.error.filter(|e| !e.is_empty()),
+            oom_killed: st.oom_killed == Some(true),
         }))
     }
 
@@ -824,6 +926,51 @@ mod tests {
             .ipv4_address
             .clone();
         assert_eq!(addr.as_deref(), Some("10.77.0.5"));
+    }
+
+    #[test]
+    fn a_confined_container_drops_every_capability_and_is_limited() {
+        let mut spec = ContainerSpec {
+            container: "g-node0".into(),
+            image: "img".into(),
+            cap_add: vec!["SETUID".into()],
+            ip: Some(Ipv4Addr::new(10, 79, 1, 10)),
+            confinement: Some(Confinement {
+                memory_bytes: 64 << 20,
+                pids: 100,
+                nano_cpus: 250_000_000,
+                log_file_bytes: 1 << 20,
+                log_files: 2,
+            }),
+            ..Default::default()
+        };
+        let hc = spec.body("g-net", HashMap::new()).host_config.unwrap();
+        assert_eq!(hc.cap_drop.unwrap(), ["ALL"]);
+        assert_eq!(hc.cap_add.unwrap(), ["SETUID"]);
+        assert_eq!(hc.security_opt.unwrap(), ["no-new-privileges"]);
+        assert_eq!(hc.memory, Some(64 << 20));
+        // No swap beyond the memory limit.
+        assert_eq!(hc.memory_swap, Some(64 << 20));
+        assert_eq!(hc.pids_limit, Some(100));
+        assert_eq!(hc.nano_cpus, Some(250_000_000));
+        let log = hc.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let cfg = log.config.unwrap();
+        assert_eq!(cfg["max-size"], "1048576");
+        assert_eq!(cfg["max-file"], "2");
+        // Without confinement (harness up's own nodes), Docker's defaults stay.
+        spec.confinement = None;
+        let hc = spec.body("g-net", HashMap::new()).host_config.unwrap();
+        assert_eq!(
+            (
+                hc.cap_drop,
+                hc.security_opt,
+                hc.memory,
+                hc.pids_limit,
+                hc.log_config
+            ),
+            (None, None, None, None, None)
+        );
     }
 
     #[test]

@@ -10,12 +10,16 @@
 //! - [`judge`]: hosts tables, etcd's leader and the leader service, judged as plain functions.
 //! - [`scenarios`]: startup, kill_follower, kill_leader.
 //! - [`report`]: report.json, junit.xml and the summary table.
+//! - [`text`]: the one filter for text that came from a submission (escape sequences and
+//!   control characters), applied before anything reaches a reason, a report or the
+//!   terminal.
 
 pub mod judge;
 pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod text;
 
 use crate::docker::HarnessError;
 use crate::images::ImageOptions;
@@ -43,6 +47,9 @@ pub struct GradeOptions {
     pub scenarios: Vec<Scenario>,
     /// Where the base and node images come from.
     pub images: ImageOptions,
+    /// Capabilities the operator allows beyond [`profile::BASELINE_CAPS`]
+    /// (`--allow-cap`); the profile's `node.cap_add` may ask only for those.
+    pub allow_caps: Vec<String>,
 }
 
 impl GradeOptions {
@@ -53,6 +60,7 @@ impl GradeOptions {
             image: None,
             scenarios: Vec::new(),
             images,
+            allow_caps: Vec::new(),
         }
     }
 }
@@ -87,12 +95,44 @@ pub async fn grade(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let image = runner::prepare_image(docker, profile, &opts.images, opts.image.as_deref()).await?;
+    // The capabilities are checked before anything is built or started.
+    for cap in &opts.allow_caps {
+        profile::capability(cap).map_err(|reason| GradeError::AllowCap {
+            cap: cap.clone(),
+            reason,
+        })?;
+    }
+    profile.granted_caps(&opts.allow_caps, profile_file)?;
     let plan = IpPlan {
         subnet: opts.subnet.unwrap_or_else(|| profile.subnet()),
         first_offset: profile.network.first_offset,
         nodes: profile.nodes,
     };
+    let image =
+        match runner::prepare_image(docker, profile, &opts.images, opts.image.as_deref()).await {
+            Ok(image) => image,
+            // No image, no scenario: each is reported as an error with the reason.
+            Err(e) => {
+                let what = opts
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| describe_source(profile));
+                let reason = text::clean(&format!("the grader has no image to run: {e}"));
+                let reports = clusters
+                    .iter()
+                    .map(|(s, _)| report::ScenarioReport::not_run(*s, &reason))
+                    .collect();
+                return Ok(GradeReport::new(
+                    &profile.name,
+                    profile_file,
+                    &what,
+                    profile.nodes,
+                    &plan.subnet.to_string(),
+                    reports,
+                )
+                .cleaned());
+            }
+        };
     let mut reports = Vec::new();
     for (s, cluster) in clusters {
         let sub = GradedCluster::new(docker, profile, &image, &cluster, plan);
@@ -116,7 +156,17 @@ pub async fn grade(
         profile.nodes,
         &plan.subnet.to_string(),
         reports,
-    ))
+    )
+    .cleaned())
+}
+
+/// The profile's image source in words, for a report that has no image.
+fn describe_source(profile: &Profile) -> String {
+    match profile.image_source() {
+        profile::ImageSource::Image(i) => i,
+        profile::ImageSource::Build(dir) => format!("(not built: {})", dir.display()),
+        profile::ImageSource::ClusterlabNode => "(clusterlab's node image, not built)".into(),
+    }
 }
 
 /// Everything `harness grade` can fail with, beyond a scenario that did not pass.
@@ -126,6 +176,10 @@ pub enum GradeError {
     Profile(#[from] profile::ProfileError),
     #[error(transparent)]
     Harness(#[from] HarnessError),
+    #[error(transparent)]
+    CapNotAllowed(#[from] profile::CapNotAllowed),
+    #[error("--allow-cap {cap}: {reason}")]
+    AllowCap { cap: String, reason: String },
     #[error("--scenario {name:?}: known scenarios are {known}")]
     UnknownScenario { name: String, known: String },
     #[error("cluster name {cluster:?} for scenario {scenario}: {source} (shorten the profile's name or the prefix)")]
@@ -169,7 +223,10 @@ pub fn scenarios_by_name(names: &[String]) -> Result<Vec<Scenario>, GradeError> 
 }
 
 /// Loads and checks the profile, grades, and writes report.json and junit.xml into the
-/// report directory whatever the verdict. The report says which scenarios did not pass.
+/// report directory whatever the verdict, also when the image could not be built or found
+/// (every scenario is then an error). The report says which scenarios did not pass. A
+/// profile that cannot be read or asks for a capability not allowed is refused before
+/// anything starts, with no report.
 pub async fn run(req: &GradeRun) -> Result<GradeReport, GradeError> {
     let profile = Profile::load(&req.profile)?;
     let docker = crate::docker::connect().await?;

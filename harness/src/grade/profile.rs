@@ -28,6 +28,131 @@ pub const SSH_PLACEHOLDERS: [&str; 7] = [
     "n",
 ];
 
+/// Bounds of `limits.memory_mb`.
+pub const MIN_MEMORY_MB: u64 = 16;
+pub const MAX_MEMORY_MB: u64 = 65_536;
+/// Bounds of `limits.pids`.
+pub const MIN_PIDS: u64 = 16;
+pub const MAX_PIDS: u64 = 65_536;
+
+/// Capabilities a profile may ask for without the operator's consent. Every one is in
+/// Docker's default set and acts only inside the container's own namespaces: they let a
+/// daemon like sshd switch users (SETUID, SETGID), enter its privilege-separation chroot
+/// (SYS_CHROOT), and let root manage files of other users (CHOWN, DAC_OVERRIDE, FOWNER,
+/// FSETID) and signal their processes (KILL). Docker's other defaults (NET_RAW, MKNOD,
+/// SETFCAP, SETPCAP, AUDIT_WRITE, NET_BIND_SERVICE) and everything beyond them need
+/// `--allow-cap`.
+pub const BASELINE_CAPS: [&str; 8] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Every Linux capability, by the name Docker takes (without `CAP_`).
+pub const LINUX_CAPS: [&str; 41] = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// A capability's name as Docker takes it (`net_admin` and `CAP_NET_ADMIN` are
+/// `NET_ADMIN`), or why it is none.
+pub fn capability(name: &str) -> Result<String, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if LINUX_CAPS.contains(&bare) {
+        Ok(bare.to_string())
+    } else if bare == "ALL" {
+        Err("asks for ALL capabilities; name each one the submission needs".into())
+    } else {
+        Err(format!(
+            "{name:?} is not a Linux capability (known: {})",
+            LINUX_CAPS.join(", ")
+        ))
+    }
+}
+
+/// A capability the profile asks for that neither the baseline nor the operator allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("grading profile {file}: `node.cap_add` asks for {cap}, which the operator has not allowed; grade with `--allow-cap {cap}` to grant it (allowed without asking: {baseline})")]
+pub struct CapNotAllowed {
+    pub file: String,
+    pub cap: String,
+    pub baseline: String,
+}
+
+impl Profile {
+    /// The capabilities each container gets (all others are dropped): the profile's
+    /// `node.cap_add`, every one of which must be in [`BASELINE_CAPS`] or in `allowed`
+    /// (the operator's `--allow-cap`). Refused, naming the capability and the flag,
+    /// otherwise. Names are normalized (`cap_net_admin` → `NET_ADMIN`).
+    pub fn granted_caps(
+        &self,
+        allowed: &[String],
+        file: &str,
+    ) -> Result<Vec<String>, CapNotAllowed> {
+        let allowed: Vec<String> = allowed.iter().filter_map(|c| capability(c).ok()).collect();
+        let mut out = Vec::new();
+        for cap in &self.node.cap_add {
+            let cap = capability(cap).unwrap_or_else(|_| cap.clone());
+            if !BASELINE_CAPS.contains(&cap.as_str()) && !allowed.contains(&cap) {
+                return Err(CapNotAllowed {
+                    file: file.to_string(),
+                    cap,
+                    baseline: BASELINE_CAPS.join(", "),
+                });
+            }
+            if !out.contains(&cap) {
+                out.push(cap);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A profile that cannot be read or does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -91,7 +216,8 @@ pub struct NodeTemplate {
     pub shared_mount: String,
     /// Where a per-node volume is mounted; empty for none.
     pub data_mount: String,
-    /// Linux capabilities added to each container (e.g. NET_ADMIN).
+    /// Linux capabilities the submission needs (every other one is dropped). Those outside
+    /// [`BASELINE_CAPS`] must be allowed by the operator (`harness grade --allow-cap`).
     pub cap_add: Vec<String>,
 }
 
@@ -134,6 +260,18 @@ pub struct Limits {
     pub scenario_s: u64,
     /// Pause between observations while waiting, in milliseconds.
     pub poll_ms: u64,
+    /// For building the submission's image from its Dockerfile; a build still running then
+    /// is cancelled.
+    pub build_s: u64,
+    /// Memory of each node's container, in MiB (no swap beyond it).
+    pub memory_mb: u64,
+    /// Processes and threads each node's container may hold at once.
+    pub pids: u64,
+    /// CPUs each node's container may use (e.g. 0.5).
+    pub cpus: f64,
+    /// Size of each of a node's two log files, in MiB: its output beyond that is dropped
+    /// oldest first.
+    pub log_mb: u64,
 }
 
 impl Default for Profile {
@@ -195,6 +333,11 @@ impl Default for Limits {
             ssh_command_s: 10,
             scenario_s: 300,
             poll_ms: 250,
+            build_s: 300,
+            memory_mb: 512,
+            pids: 512,
+            cpus: 1.0,
+            log_mb: 10,
         }
     }
 }
@@ -351,9 +494,37 @@ impl Profile {
             ("limits.ssh_command_s", l.ssh_command_s),
             ("limits.scenario_s", l.scenario_s),
             ("limits.poll_ms", l.poll_ms),
+            ("limits.build_s", l.build_s),
+            ("limits.log_mb", l.log_mb),
         ] {
             if v == 0 {
                 return invalid(key, "must be above 0".into());
+            }
+        }
+        if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&l.memory_mb) {
+            return invalid(
+                "limits.memory_mb",
+                format!(
+                    "is {}; give {MIN_MEMORY_MB} to {MAX_MEMORY_MB}",
+                    l.memory_mb
+                ),
+            );
+        }
+        if !(MIN_PIDS..=MAX_PIDS).contains(&l.pids) {
+            return invalid(
+                "limits.pids",
+                format!("is {}; give {MIN_PIDS} to {MAX_PIDS}", l.pids),
+            );
+        }
+        if !(l.cpus.is_finite() && (0.01..=64.0).contains(&l.cpus)) {
+            return invalid("limits.cpus", format!("is {}; give 0.01 to 64", l.cpus));
+        }
+        if l.log_mb > 1024 {
+            return invalid("limits.log_mb", format!("is {}; give 1 to 1024", l.log_mb));
+        }
+        for cap in &self.node.cap_add {
+            if let Err(reason) = capability(cap) {
+                return invalid("node.cap_add", reason);
             }
         }
         Ok(())
@@ -654,10 +825,66 @@ dead_node_s = 20
                 Box::new(|p| p.judge.ssh_expect = "{".into()),
             ),
             ("`limits.poll_ms`", Box::new(|p| p.limits.poll_ms = 0)),
+            ("`limits.build_s`", Box::new(|p| p.limits.build_s = 0)),
+            ("`limits.memory_mb`", Box::new(|p| p.limits.memory_mb = 8)),
+            ("`limits.pids`", Box::new(|p| p.limits.pids = 0)),
+            ("`limits.cpus`", Box::new(|p| p.limits.cpus = 0.0)),
+            ("`limits.cpus`", Box::new(|p| p.limits.cpus = f64::NAN)),
+            ("`limits.log_mb`", Box::new(|p| p.limits.log_mb = 0)),
+            (
+                "`node.cap_add`",
+                Box::new(|p| p.node.cap_add = vec!["NET_ADMINN".into()]),
+            ),
+            (
+                "`node.cap_add`",
+                Box::new(|p| p.node.cap_add = vec!["ALL".into()]),
+            ),
         ];
         for (key, f) in cases {
             let e = checked(f).expect_err(key).to_string();
             assert!(e.contains(key) && e.contains("t.toml"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn capabilities_beyond_the_baseline_need_the_operator() {
+        assert_eq!(capability("cap_net_admin").unwrap(), "NET_ADMIN");
+        assert_eq!(capability(" SETUID ").unwrap(), "SETUID");
+        assert!(capability("ALL").unwrap_err().contains("ALL"));
+        assert!(capability("FLY")
+            .unwrap_err()
+            .contains("not a Linux capability"));
+        let mut p = Profile {
+            name: "x".into(),
+            ..Default::default()
+        };
+        // Nothing asked, nothing granted.
+        assert_eq!(p.granted_caps(&[], "p.toml").unwrap(), Vec::<String>::new());
+        // The baseline needs no consent; names are normalized and listed once.
+        p.node.cap_add = vec!["setuid".into(), "CAP_SETGID".into(), "SETUID".into()];
+        assert_eq!(p.granted_caps(&[], "p.toml").unwrap(), ["SETUID", "SETGID"]);
+        // Anything else is refused, naming the capability and the flag, until allowed.
+        p.node.cap_add = vec!["SETUID".into(), "NET_ADMIN".into()];
+        let e = p.granted_caps(&[], "p.toml").unwrap_err();
+        assert_eq!(e.cap, "NET_ADMIN");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("NET_ADMIN")
+                && msg.contains("--allow-cap NET_ADMIN")
+                && msg.contains("p.toml"),
+            "{msg}"
+        );
+        assert!(p.granted_caps(&["SYS_ADMIN".into()], "p.toml").is_err());
+        assert_eq!(
+            p.granted_caps(&["cap_net_admin".into()], "p.toml").unwrap(),
+            ["SETUID", "NET_ADMIN"]
+        );
+        // Docker's default set is not the baseline: NET_RAW and MKNOD need consent.
+        for cap in ["NET_RAW", "MKNOD", "SYS_ADMIN", "SYS_PTRACE"] {
+            assert!(!BASELINE_CAPS.contains(&cap), "{cap}");
+        }
+        for cap in BASELINE_CAPS {
+            assert!(LINUX_CAPS.contains(&cap), "{cap}");
         }
     }
 
@@ -705,9 +932,20 @@ dead_node_s = 20
             "profiles/clusterlab.toml",
             "fixtures/good/profile.toml",
             "fixtures/faulty/profile.toml",
+            "fixtures/hostile/forkbomb/profile.toml",
+            "fixtures/hostile/memhog/profile.toml",
+            "fixtures/hostile/flood/profile.toml",
+            "fixtures/hostile/symlink/profile.toml",
+            "fixtures/hostile/linkloop/profile.toml",
+            "fixtures/hostile/escapes/profile.toml",
+            "fixtures/hostile/endless/profile.toml",
         ] {
             let path = root.join(p);
             let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // The shipped profiles ask only for what needs no --allow-cap.
+            profile
+                .granted_caps(&[], p)
+                .unwrap_or_else(|e| panic!("{e}"));
             if let ImageSource::Build(dir) = profile.image_source() {
                 assert!(dir.join("Dockerfile").is_file(), "{p}: {}", dir.display());
             }

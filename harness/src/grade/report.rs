@@ -2,6 +2,7 @@
 //! JUnit) and the summary table printed at the end of `harness grade`. Writing them is pure
 //! text work, tested here; only [`write_reports`] touches the file system.
 
+use super::text::clean;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +49,24 @@ pub struct ScenarioReport {
     pub logs: Option<String>,
 }
 
+impl ScenarioReport {
+    /// A scenario the grader could not run at all, with the reason.
+    pub fn not_run(s: super::scenarios::Scenario, reason: &str) -> Self {
+        ScenarioReport {
+            name: s.name().into(),
+            description: s.description().into(),
+            status: Status::Error,
+            passed: false,
+            reason: Some(reason.to_string()),
+            seconds: 0.0,
+            figures: BTreeMap::new(),
+            notes: Vec::new(),
+            checks: Vec::new(),
+            logs: None,
+        }
+    }
+}
+
 /// A whole grading run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradeReport {
@@ -84,6 +103,26 @@ impl GradeReport {
             errors: count(Status::Error),
             scenarios,
         }
+    }
+
+    /// The report with every text passed through [`clean`]: whatever a submission printed
+    /// reaches report.json, junit.xml and the terminal without escape sequences or control
+    /// characters.
+    pub fn cleaned(mut self) -> Self {
+        self.profile = clean(&self.profile);
+        self.profile_file = clean(&self.profile_file);
+        self.image = clean(&self.image);
+        for s in &mut self.scenarios {
+            s.reason = s.reason.as_deref().map(clean);
+            s.logs = s.logs.as_deref().map(clean);
+            for n in &mut s.notes {
+                *n = clean(n);
+            }
+            for c in &mut s.checks {
+                c.reason = c.reason.as_deref().map(clean);
+            }
+        }
+        self
     }
 
     /// The scenario named `name`.
@@ -257,18 +296,9 @@ pub fn summary_table(r: &GradeReport) -> String {
     t
 }
 
-/// Text from a submission made safe for a terminal: control characters other than newline
-/// and tab become U+FFFD.
+/// Text from a submission made safe for a terminal.
 fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                '\u{FFFD}'
-            } else {
-                c
-            }
-        })
-        .collect()
+    clean(s)
 }
 
 /// Writes DIR/report.json and DIR/junit.xml, creating DIR.
@@ -442,6 +472,31 @@ mod tests {
             !t.contains('\u{1b}'),
             "control characters reach the terminal: {t}"
         );
+    }
+
+    #[test]
+    fn a_cleaned_report_holds_no_control_character() {
+        let mut r = sample();
+        r.scenarios.push(ScenarioReport::not_run(
+            crate::grade::scenarios::Scenario::KillLeader,
+            "no image: \u{1b}]0;title\u{7}build \u{1b}[31mfailed\u{1b}[0m",
+        ));
+        r.scenarios[1].notes.push("\u{1b}[2Jnote".into());
+        let c = r.cleaned();
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            !json.contains("\\u001b") && !json.contains("\\u0007"),
+            "{json}"
+        );
+        let last = c.scenarios.last().unwrap();
+        assert_eq!(last.status, Status::Error);
+        assert_eq!(last.reason.as_deref(), Some("no image: build failed"));
+        assert_eq!(c.scenarios[1].notes.last().unwrap(), "note");
+        assert!(c.scenarios[1]
+            .logs
+            .as_deref()
+            .unwrap()
+            .contains("daemon: <started> & \u{FFFD}"));
     }
 
     #[test]

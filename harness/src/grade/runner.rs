@@ -6,16 +6,21 @@
 //! the leader service by a bare HTTP request.
 
 use super::judge::{NodeRef, ServiceProbe};
-use super::profile::{render, ImageSource, IpPlan, Profile, TemplateError};
+use super::profile::{capability, render, ImageSource, IpPlan, Limits, Profile, TemplateError};
+use super::text::{self, clean};
 use crate::cluster::{
-    probe_member, ClusterObjects, ContainerRole, ContainerSpec, ExecOutput, ProbeError, Stopped,
+    probe_member, ClusterObjects, Confinement, ContainerRole, ContainerSpec, ExecOutput,
+    ProbeError, Stopped,
 };
 use crate::docker::{ctx, HarnessError, Result};
 use crate::images::{ensure_base, ensure_images, image_exists, ImageOptions, NodeContext};
 use crate::names::ClusterNames;
 use crate::oracle::MemberStatus;
+use bollard::query_parameters::BuildImageOptions;
 use bollard::Docker;
 use clusterlab_core::fsread::{read_small_bytes, SmallFileError};
+use futures::StreamExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,15 +29,55 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const SUBMISSION_REPO: &str = "clusterlab-submission";
 /// Label on the network of a graded cluster, naming the profile.
 pub const LABEL_GRADE: &str = "clusterlab.grade";
+/// Bound of one command the grader runs in a node (SSH commands have their own,
+/// `limits.ssh_command_s`).
+pub const EXEC_STEP: Duration = Duration::from_secs(10);
+/// Bound of one Docker call about a container (inspect, kill, stats, a log read).
+pub const DOCKER_STEP: Duration = Duration::from_secs(10);
+/// Bound of creating and starting a graded cluster's objects.
+pub const UP_STEP: Duration = Duration::from_secs(120);
+/// Bound of removing a graded cluster.
+pub const DOWN_STEP: Duration = Duration::from_secs(60);
+/// Most bytes of one node's log put into a report.
+pub const LOG_BYTES: usize = 16 * 1024;
+/// Log files Docker keeps per node (each at most `limits.log_mb`).
+pub const LOG_FILES: u32 = 2;
+/// A node this close to its pids limit is reported as at it.
+pub const PIDS_MARGIN: u64 = 2;
+
+/// Lines of build output kept for a report when a build fails or is cancelled.
+pub const BUILD_OUTPUT_LINES: usize = 20;
+/// Widest build output line kept, in characters.
+const BUILD_LINE_WIDTH: usize = 300;
+
+/// Why the image to grade could not be had. Every scenario is then reported as an error
+/// with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    #[error("the image build timed out: building {what} did not finish within {limit_s} s (limits.build_s) and was cancelled; last build output:\n{output}")]
+    BuildTimedOut {
+        what: String,
+        limit_s: u64,
+        output: String,
+    },
+    #[error("the image build failed: building {what}: {reason}; last build output:\n{output}")]
+    BuildFailed {
+        what: String,
+        reason: String,
+        output: String,
+    },
+}
 
 /// The image to grade, made or found as the profile says. `override_image` (the command
-/// line's `--image`) wins over the profile.
+/// line's `--image`) wins over the profile. A build is bounded by `limits.build_s`.
 pub async fn prepare_image(
     docker: &Docker,
     profile: &Profile,
     opts: &ImageOptions,
     override_image: Option<&str>,
-) -> Result<String, HarnessError> {
+) -> Result<String, ImageError> {
     let source = match override_image {
         Some(i) => ImageSource::Image(i.to_string()),
         None => profile.image_source(),
@@ -42,12 +87,15 @@ pub async fn prepare_image(
             if image_exists(docker, &name).await? {
                 Ok(name)
             } else {
-                Err(HarnessError::ImageMissing { image: name })
+                Err(HarnessError::ImageMissing { image: name }.into())
             }
         }
         ImageSource::Build(dir) => {
+            // The folder is checked and packed before Docker is asked for anything.
+            let context = submission_context(&dir)?;
             let base = ensure_base(docker, opts).await?;
-            build_dir_image(docker, &dir, &base, &profile.name).await
+            build_dir_image_within(docker, &dir, context, &base, &profile.name, &profile.limits)
+                .await
         }
         ImageSource::ClusterlabNode => Ok(ensure_images(docker, opts).await?.node),
     }
@@ -181,23 +229,31 @@ fn read_context_dir_within(
     Ok(files)
 }
 
-/// Builds the image of a directory holding a Dockerfile, on top of `base` (passed as the
-/// build argument BASE), tagged `clusterlab-submission-<label>:<content hash>` and reused
-/// while neither the directory nor the base image changes.
-pub async fn build_dir_image(
-    docker: &Docker,
-    dir: &Path,
-    base: &str,
-    label: &str,
-) -> Result<String, HarnessError> {
+/// The build context of a submission's folder ([`read_context_dir`]), which must hold a
+/// Dockerfile.
+pub fn submission_context(dir: &Path) -> Result<NodeContext, HarnessError> {
     if !dir.join("Dockerfile").is_file() {
         return Err(HarnessError::NoDockerfile {
             dir: dir.display().to_string(),
         });
     }
-    let context = NodeContext {
+    Ok(NodeContext {
         files: read_context_dir(dir)?,
-    };
+    })
+}
+
+/// Builds the image of a directory holding a Dockerfile (its `context`), on top of `base` (passed as the
+/// build argument BASE), tagged `clusterlab-submission-<label>:<content hash>` and reused
+/// while neither the directory nor the base image changes. The build runs with no network,
+/// within the memory and CPU limits of `limits`, and is cancelled after `limits.build_s`.
+pub async fn build_dir_image_within(
+    docker: &Docker,
+    dir: &Path,
+    context: NodeContext,
+    base: &str,
+    label: &str,
+    limits: &Limits,
+) -> Result<String, ImageError> {
     let base_id = ctx(
         format!("inspecting base image {base}"),
         docker.inspect_image(base).await,
@@ -208,16 +264,90 @@ pub async fn build_dir_image(
     if image_exists(docker, &tag).await? {
         return Ok(tag);
     }
-    crate::images::build_on_base(
-        docker,
-        &format!("{tag} from {} on {base}", dir.display()),
-        &tag,
-        base,
-        &context,
-        "submission",
-    )
-    .await?;
-    Ok(tag)
+    let what = format!("{tag} from {} on {base}", clean(&dir.display().to_string()));
+    let step = crate::progress::Step::start(format!("building {what}"));
+    let memory = (limits.memory_mb.min(2047) * 1024 * 1024) as i32;
+    let options = BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(tag.clone()),
+        rm: true,
+        forcerm: true,
+        buildargs: Some(HashMap::from([("BASE".to_string(), base.to_string())])),
+        labels: Some(HashMap::from([(
+            "clusterlab.image".to_string(),
+            "submission".to_string(),
+        )])),
+        // Nothing to fetch: the base image has what a submission may use.
+        networkmode: Some("none".into()),
+        memory: Some(memory),
+        memswap: Some(memory),
+        cpuperiod: Some(100_000),
+        cpuquota: Some((limits.cpus * 100_000.0).round().max(1_000.0) as i32),
+        ..Default::default()
+    };
+    let body = bollard::body_full(context.tar()?.into());
+    let mut output = String::new();
+    let mut stream = docker.build_image(options, None, Some(body));
+    let build = async {
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(e) => return Err(e.to_string()),
+            };
+            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                return Err(detail);
+            }
+            if let Some(s) = info.stream {
+                keep_output(&mut output, &s);
+                if let Some(last) = output.lines().last() {
+                    step.detail(&clean(last));
+                }
+            }
+        }
+        Ok(())
+    };
+    let limit = Duration::from_secs(limits.build_s);
+    let r = tokio::time::timeout(limit, build).await;
+    // Dropping the stream closes the connection; Docker then cancels the build and removes
+    // its intermediate container.
+    drop(stream);
+    let tail = || {
+        let t = text::last_lines(&output, BUILD_OUTPUT_LINES, BUILD_LINE_WIDTH);
+        if t.is_empty() {
+            "(none)".to_string()
+        } else {
+            t
+        }
+    };
+    match r {
+        Ok(Ok(())) => {
+            step.done();
+            Ok(tag)
+        }
+        Ok(Err(reason)) => Err(ImageError::BuildFailed {
+            what,
+            reason: clean(&reason),
+            output: tail(),
+        }),
+        Err(_) => Err(ImageError::BuildTimedOut {
+            what,
+            limit_s: limits.build_s,
+            output: tail(),
+        }),
+    }
+}
+
+/// Keeps the end of a build's output: at most 64 KiB, cut at a line start.
+fn keep_output(output: &mut String, more: &str) {
+    const KEEP: usize = 64 * 1024;
+    output.push_str(more);
+    if output.len() > 2 * KEEP {
+        let mut cut = output.len() - KEEP;
+        while !output.is_char_boundary(cut) {
+            cut += 1;
+        }
+        output.drain(..cut);
+    }
 }
 
 /// Why a submission's cluster could not be brought up.
@@ -260,7 +390,9 @@ impl GradedCluster {
             profile: profile.clone(),
             image: image.to_string(),
             plan,
-            objects: ClusterObjects::new(docker, cluster).run_scoped(),
+            objects: ClusterObjects::new(docker, cluster)
+                .run_scoped()
+                .internal_network(),
         }
     }
 
@@ -311,15 +443,17 @@ impl GradedCluster {
         let containers = (0..self.plan.nodes)
             .map(|i| self.node_container(i))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self
-            .objects
-            .create_all(
+        Ok(bounded(
+            format!("starting cluster {}", n.cluster),
+            UP_STEP,
+            self.objects.create_all(
                 self.plan.subnet,
                 &[(LABEL_GRADE, self.profile.name.clone())],
                 &volumes,
                 &containers,
-            )
-            .await?)
+            ),
+        )
+        .await?)
     }
 
     /// The container of node `i`, from the profile's templates.
@@ -358,30 +492,100 @@ impl GradedCluster {
             entrypoint: fill_all("node.entrypoint", &t.entrypoint)?,
             env,
             mounts,
-            cap_add: t.cap_add.clone(),
+            cap_add: t
+                .cap_add
+                .iter()
+                .map(|c| capability(c).unwrap_or_else(|_| c.clone()))
+                .collect(),
             ip: Some(self.plan.node_ip(i)),
             stop_timeout_s: Some(5),
             init: true,
+            confinement: Some(self.confinement()),
             ..Default::default()
         })
     }
 
-    /// SIGKILLs a node's container.
-    pub async fn kill(&self, node: &NodeRef) -> Result<()> {
-        self.objects.kill(&self.container(node)?).await
+    /// The limits every node's container runs with, from the profile's `[limits]`.
+    pub fn confinement(&self) -> Confinement {
+        let l = &self.profile.limits;
+        Confinement {
+            memory_bytes: (l.memory_mb * 1024 * 1024) as i64,
+            pids: l.pids as i64,
+            nano_cpus: (l.cpus * 1e9).round() as i64,
+            log_file_bytes: l.log_mb * 1024 * 1024,
+            log_files: LOG_FILES,
+        }
     }
 
-    /// Runs a command in a node.
+    /// SIGKILLs a node's container.
+    pub async fn kill(&self, node: &NodeRef) -> Result<()> {
+        let c = self.container(node)?;
+        bounded(format!("killing {c}"), DOCKER_STEP, self.objects.kill(&c)).await
+    }
+
+    /// Runs a command in a node, for at most [`EXEC_STEP`]; its output is cleaned
+    /// ([`clean`]) and capped.
     pub async fn exec(&self, node: &NodeRef, cmd: &[&str]) -> Result<ExecOutput> {
-        self.objects.exec(&self.container(node)?, cmd).await
+        self.exec_within(node, cmd, EXEC_STEP).await
+    }
+
+    /// Runs a command in a node for at most `limit`.
+    pub async fn exec_within(
+        &self,
+        node: &NodeRef,
+        cmd: &[&str],
+        limit: Duration,
+    ) -> Result<ExecOutput> {
+        let c = self.container(node)?;
+        let out = bounded(
+            format!("running {} in {c}", clean(&cmd.join(" "))),
+            limit,
+            self.objects.exec(&c, cmd),
+        )
+        .await?;
+        Ok(ExecOutput {
+            stdout: clean(&out.stdout),
+            stderr: clean(&out.stderr),
+            ..out
+        })
     }
 
     /// `None` when the node's container runs, else what Docker says about it.
     pub async fn not_running(&self, node: &NodeRef) -> Result<Option<Stopped>> {
-        self.objects.not_running(&self.container(node)?).await
+        let c = self.container(node)?;
+        let st = bounded(
+            format!("inspecting {c}"),
+            DOCKER_STEP,
+            self.objects.not_running(&c),
+        )
+        .await?;
+        Ok(st.map(|s| Stopped {
+            error: s.error.as_deref().map(clean),
+            ..s
+        }))
     }
 
-    /// The hosts file of a node as text.
+    /// Nodes whose container holds as many processes as `limits.pids` allows (or within
+    /// [`PIDS_MARGIN`] of it), as sentences naming the node and the limit.
+    pub async fn at_pids_limit(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.nodes() {
+            let Ok(c) = self.container(&n) else { continue };
+            let Ok((current, limit)) =
+                bounded(format!("stats of {c}"), DOCKER_STEP, self.objects.pids(&c)).await
+            else {
+                continue;
+            };
+            if limit > 0 && current + PIDS_MARGIN >= limit {
+                out.push(format!(
+                    "{n} is at its pids limit: {current} processes and threads of {limit} allowed (limits.pids); new processes cannot start there"
+                ));
+            }
+        }
+        out
+    }
+
+    /// The hosts file of a node as text (cleaned, at most 1 MiB).
     pub async fn read_hosts(&self, node: &NodeRef) -> Result<String, HarnessError> {
         let file = self.profile.judge.hosts_file.as_str();
         let out = self.exec(node, &["cat", file]).await?;
@@ -413,17 +617,48 @@ impl GradedCluster {
         .await
     }
 
-    /// The last `lines` lines of every node's output.
+    /// The last `lines` lines of every node's output, each node's at most [`LOG_BYTES`],
+    /// cleaned, each read bounded by [`DOCKER_STEP`].
     pub async fn logs_tail(&self, lines: usize) -> String {
-        let containers: Vec<String> = (0..self.plan.nodes)
-            .map(|i| self.names().node_container(i))
-            .collect();
-        self.objects.logs_tails(&containers, lines).await
+        let mut out = String::new();
+        for i in 0..self.plan.nodes {
+            let c = self.names().node_container(i);
+            let read = self.objects.logs_tail_capped(&c, lines, LOG_BYTES);
+            let text = match tokio::time::timeout(DOCKER_STEP, read).await {
+                Ok(t) => clean(&t),
+                Err(_) => format!("[reading the log took over {} s]", DOCKER_STEP.as_secs()),
+            };
+            if !text.trim().is_empty() {
+                out.push_str(&format!("[{c}]\n{}\n", text.trim_end()));
+            }
+        }
+        out
     }
 
-    /// Removes every object of this cluster (by label, like `harness down`).
+    /// Removes every object of this cluster (by label, like `harness down`), within
+    /// [`DOWN_STEP`].
     pub async fn down(&self) -> Result<usize> {
-        self.objects.remove().await
+        bounded(
+            format!("removing cluster {}", self.names().cluster),
+            DOWN_STEP,
+            self.objects.remove(),
+        )
+        .await
+    }
+}
+
+/// Runs a Docker step for at most `limit`; a step that takes longer is abandoned.
+async fn bounded<T>(
+    what: String,
+    limit: Duration,
+    step: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => r,
+        Err(_) => Err(HarnessError::StepTimedOut {
+            what,
+            secs: limit.as_secs(),
+        }),
     }
 }
 

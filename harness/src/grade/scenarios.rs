@@ -175,6 +175,19 @@ pub async fn run_scenario(
             }
         }
     };
+    let (status, reason) = if status == Status::Failed {
+        // A node held at its process limit explains a failure that shows only as silence.
+        let at_limit = sub.at_pids_limit().await;
+        if at_limit.is_empty() {
+            (status, reason)
+        } else {
+            let why = summarize(&at_limit, MAX_PROBLEMS);
+            rec.check("resources", Err(Failed(why.clone())));
+            (status, reason.map(|r| format!("{r} | resources: {why}")))
+        }
+    } else {
+        (status, reason)
+    };
     let logs = if status == Status::Passed {
         None
     } else {
@@ -438,6 +451,10 @@ async fn stopped_nodes(sub: &GradedCluster, live: &[NodeRef]) -> Option<String> 
     for n in live {
         match sub.not_running(n).await {
             Ok(None) => {}
+            Ok(Some(why)) if why.oom_killed => stopped.push(format!(
+                "{n} stopped: {why}: {} MiB allowed (limits.memory_mb)",
+                sub.profile.limits.memory_mb
+            )),
             Ok(Some(why)) => stopped.push(format!("{n} stopped: {why}")),
             Err(e) => stopped.push(format!("{n}: {e}")),
         }
@@ -711,15 +728,15 @@ async fn ssh_once(sub: &GradedCluster, a: &NodeRef, b: &NodeRef) -> Result<(), F
     let cmd = render(&p.judge.ssh_command, &vars).map_err(|e| e.to_string())?;
     let expect = render(&p.judge.ssh_expect, &vars).map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(p.limits.ssh_command_s);
-    let out = match tokio::time::timeout(limit, sub.exec(a, &["sh", "-c", &cmd])).await {
-        Err(_) => {
+    let out = match sub.exec_within(a, &["sh", "-c", &cmd], limit).await {
+        Err(HarnessError::StepTimedOut { .. }) => {
             return Err(Failed(format!(
             "ssh from {a} to {b} did not finish within {} s (limits.ssh_command_s); command: {cmd}",
             limit.as_secs()
         )))
         }
-        Ok(Err(e)) => return Err(Failed(format!("ssh from {a} to {b}: {e}"))),
-        Ok(Ok(out)) => out,
+        Err(e) => return Err(Failed(format!("ssh from {a} to {b}: {e}"))),
+        Ok(out) => out,
     };
     let said = |s: &str| {
         let s = s.trim().replace('\n', " ");

@@ -7,6 +7,7 @@ pub mod common;
 pub mod foundation;
 pub mod grading;
 pub mod hardening;
+pub mod hostile;
 pub mod hosts;
 pub mod partition;
 pub mod proxy;
@@ -24,5 +25,6 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(proxy::trials(env));
     t.extend(grading::trials(env));
     t.extend(hardening::trials(env));
+    t.extend(hostile::trials(env));
     t
 }

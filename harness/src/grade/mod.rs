@@ -25,7 +25,18 @@ use profile::{IpPlan, Profile};
 use report::GradeReport;
 use runner::GradedCluster;
 use scenarios::Scenario;
+use futures::StreamExt;
 use std::path::PathBuf;
+
+/// The `k`-th subnet of the same size after `base` (`k = 0` is `base`).
+pub fn nth_subnet(base: Subnet, k: usize) -> Subnet {
+    let size = 1u64 << (32 - base.prefix);
+    let start = u64::from(u32::from(base.base)) + size * k as u64;
+    Subnet {
+        base: std::net::Ipv4Addr::from(start.min(u64::from(u32::MAX)) as u32),
+        prefix: base.prefix,
+    }
+}
 
 /// Log lines per node attached to a scenario that did not pass.
 const LOG_LINES: usize = 15;
@@ -43,6 +54,9 @@ pub struct GradeOptions {
     pub scenarios: Vec<Scenario>,
     /// Where the base and node images come from.
     pub images: ImageOptions,
+    /// Scenarios run at once (at least 1), each cluster on its own subnet: slot k uses the
+    /// k-th subnet of the same size after the profile's (or `subnet`).
+    pub parallel: usize,
 }
 
 impl GradeOptions {
@@ -53,6 +67,7 @@ impl GradeOptions {
             image: None,
             scenarios: Vec::new(),
             images,
+            parallel: 1,
         }
     }
 }
@@ -68,11 +83,17 @@ pub async fn grade(
         .cluster_prefix
         .clone()
         .unwrap_or_else(|| format!("grade-{}", profile.name));
-    let scenarios = if opts.scenarios.is_empty() {
-        Scenario::ALL.to_vec()
+    let scenarios: Vec<Scenario> = if opts.scenarios.is_empty() {
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| s.enabled(profile))
+            .collect()
     } else {
         opts.scenarios.clone()
     };
+    if scenarios.contains(&Scenario::Gateway) && profile.gateway.is_none() {
+        return Err(GradeError::NoGateway);
+    }
     // Every cluster name is checked before anything is built.
     let clusters = scenarios
         .iter()
@@ -88,27 +109,70 @@ pub async fn grade(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let image = runner::prepare_image(docker, profile, &opts.images, opts.image.as_deref()).await?;
-    let plan = IpPlan {
-        subnet: opts.subnet.unwrap_or_else(|| profile.subnet()),
+    let gateway_image = match &profile.gateway {
+        Some(g) if scenarios.contains(&Scenario::Gateway) => Some(match (&g.image, &g.build) {
+            (Some(i), _) => {
+                runner::prepare_image(docker, profile, &opts.images, Some(i.as_str())).await?
+            }
+            (None, Some(dir)) => {
+                let base = crate::images::ensure_base(docker, &opts.images).await?;
+                runner::build_dir_image(docker, dir, &base, &format!("{}-gateway", profile.name))
+                    .await?
+            }
+            (None, None) => image.clone(),
+        }),
+        _ => None,
+    };
+    let base_subnet = opts.subnet.unwrap_or_else(|| profile.subnet());
+    let parallel = opts.parallel.max(1);
+    // Free slots; a scenario takes one (and its subnet) while it runs.
+    let slots = std::sync::Mutex::new((0..parallel).rev().collect::<Vec<usize>>());
+    let plan0 = IpPlan {
+        subnet: base_subnet,
         first_offset: profile.network.first_offset,
         nodes: profile.nodes,
     };
-    let mut reports = Vec::new();
-    for (s, cluster) in clusters {
-        let sub = GradedCluster::new(docker, profile, &image, &cluster, plan);
-        let step = crate::progress::Step::start(format!(
-            "scenario {} on {} nodes of {image}",
-            s.name(),
-            plan.nodes
-        ));
-        let r = scenarios::run_scenario(&sub, s, LOG_LINES).await;
-        step.done_with(match r.status {
-            report::Status::Passed => "passed",
-            report::Status::Failed => "FAILED",
-            report::Status::Error => "could not be run",
-        });
-        reports.push(r);
-    }
+    let runs = clusters.into_iter().map(|(s, cluster)| {
+        let (image, gateway_image, slots) = (&image, &gateway_image, &slots);
+        async move {
+            let slot = slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or(0);
+            let plan = IpPlan {
+                subnet: nth_subnet(base_subnet, slot),
+                first_offset: profile.network.first_offset,
+                nodes: s.nodes(profile),
+            };
+            let mut sub = GradedCluster::new(docker, profile, image, &cluster, plan);
+            if s == Scenario::Gateway {
+                if let Some(g) = gateway_image {
+                    sub = sub.with_gateway(g);
+                }
+            }
+            let step = crate::progress::Step::start(format!(
+                "scenario {} on {} nodes of {image} ({})",
+                s.name(),
+                plan.nodes,
+                plan.subnet
+            ));
+            let r = scenarios::run_scenario(&sub, s, LOG_LINES).await;
+            step.done_with(match r.status {
+                report::Status::Passed => "passed",
+                report::Status::Failed => "FAILED",
+                report::Status::Error => "could not be run",
+            });
+            slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+            r
+        }
+    });
+    // In the profile's order whatever finishes first.
+    let reports: Vec<report::ScenarioReport> = futures::stream::iter(runs)
+        .buffered(parallel)
+        .collect()
+        .await;
+    let plan = plan0;
     Ok(GradeReport::new(
         &profile.name,
         profile_file,
@@ -126,6 +190,8 @@ pub enum GradeError {
     Profile(#[from] profile::ProfileError),
     #[error(transparent)]
     Harness(#[from] HarnessError),
+    #[error("the gateway scenario needs a [gateway] section in the profile")]
+    NoGateway,
     #[error("--scenario {name:?}: known scenarios are {known}")]
     UnknownScenario { name: String, known: String },
     #[error("cluster name {cluster:?} for scenario {scenario}: {source} (shorten the profile's name or the prefix)")]
@@ -171,18 +237,115 @@ pub fn scenarios_by_name(names: &[String]) -> Result<Vec<Scenario>, GradeError> 
 /// Loads and checks the profile, grades, and writes report.json and junit.xml into the
 /// report directory whatever the verdict. The report says which scenarios did not pass.
 pub async fn run(req: &GradeRun) -> Result<GradeReport, GradeError> {
+    let mut runs = run_repeated(req, 1).await?;
+    Ok(runs.remove(0))
+}
+
+/// Grades `repeat` times (at least once). With one run the reports go into the report
+/// directory; with more, run k's go into `<dir>/run<k>` (from 1).
+pub async fn run_repeated(req: &GradeRun, repeat: usize) -> Result<Vec<GradeReport>, GradeError> {
     let profile = Profile::load(&req.profile)?;
     let docker = crate::docker::connect().await?;
-    let report = grade(
-        &docker,
-        &profile,
-        &req.profile.display().to_string(),
-        &req.options,
-    )
-    .await?;
-    report::write_reports(&req.report_dir, &report).map_err(|source| GradeError::Reports {
-        dir: req.report_dir.display().to_string(),
-        source,
-    })?;
-    Ok(report)
+    let repeat = repeat.max(1);
+    let mut runs = Vec::new();
+    for k in 1..=repeat {
+        let report = grade(
+            &docker,
+            &profile,
+            &req.profile.display().to_string(),
+            &req.options,
+        )
+        .await?;
+        let dir = if repeat == 1 {
+            req.report_dir.clone()
+        } else {
+            req.report_dir.join(format!("run{k}"))
+        };
+        report::write_reports(&dir, &report).map_err(|source| GradeError::Reports {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        runs.push(report);
+    }
+    Ok(runs)
+}
+
+/// The scenarios whose verdict was not the same in every run of a `--repeat`, each as
+/// `name: passed, failed, passed` (a scenario missing from a run counts as `missing`).
+pub fn verdict_changes(runs: &[GradeReport]) -> Vec<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        for s in &r.scenarios {
+            if !names.contains(&s.name.as_str()) {
+                names.push(&s.name);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let verdicts: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    r.scenario(name)
+                        .map(|s| {
+                            match s.status {
+                                report::Status::Passed => "passed",
+                                report::Status::Failed => "failed",
+                                report::Status::Error => "error",
+                            }
+                            .to_string()
+                        })
+                        .unwrap_or_else(|| "missing".into())
+                })
+                .collect();
+            (verdicts.iter().any(|v| *v != verdicts[0]))
+                .then(|| format!("{name}: {}", verdicts.join(", ")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::{ScenarioReport, Status};
+
+    fn run(verdicts: &[(&str, Status)]) -> GradeReport {
+        let scenarios = verdicts
+            .iter()
+            .map(|(n, st)| ScenarioReport {
+                name: n.to_string(),
+                description: String::new(),
+                status: *st,
+                passed: *st == Status::Passed,
+                reason: None,
+                seconds: 1.0,
+                figures: Default::default(),
+                notes: Vec::new(),
+                checks: Vec::new(),
+                logs: None,
+            })
+            .collect();
+        GradeReport::new("p", "p.toml", "img", 3, "10.79.1.0/24", scenarios)
+    }
+
+    #[test]
+    fn changed_verdicts_are_named_with_every_run() {
+        let a = run(&[("startup", Status::Passed), ("scale", Status::Passed)]);
+        let b = run(&[("startup", Status::Passed), ("scale", Status::Failed)]);
+        assert!(verdict_changes(&[a.clone(), a.clone()]).is_empty());
+        assert_eq!(
+            verdict_changes(&[a.clone(), b, a]),
+            ["scale: passed, failed, passed"]
+        );
+    }
+
+    #[test]
+    fn subnets_for_parallel_slots_follow_each_other() {
+        let base: Subnet = "10.79.1.0/24".parse().unwrap();
+        assert_eq!(nth_subnet(base, 0), base);
+        assert_eq!(nth_subnet(base, 2).to_string(), "10.79.3.0/24");
+        let small: Subnet = "10.79.1.0/26".parse().unwrap();
+        assert_eq!(nth_subnet(small, 1).to_string(), "10.79.1.64/26");
+    }
 }

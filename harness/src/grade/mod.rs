@@ -345,7 +345,7 @@ mod tests {
         let base: Subnet = "10.79.1.0/24".parse().unwrap();
         assert_eq!(nth_subnet(base, 0), base);
         assert_eq!(nth_subnet(base, 2).to_string(), "10.79.3.0/24");
-        let small: Subnet = "10.79.1.0/26".parse().unwrap();
-        assert_eq!(nth_subnet(small, 1).to_string(), "10.79.1.64/26");
+        let big: Subnet = "10.79.0.0/16".parse().unwrap();
+        assert_eq!(nth_subnet(big, 1).to_string(), "10.80.0.0/16");
     }
 }

@@ -902,6 +902,11 @@ dead_node_s = 20
             "profiles/clusterlab.toml",
             "fixtures/good/profile.toml",
             "fixtures/faulty/profile.toml",
+            "fixtures/sticky-service/profile.toml",
+            "fixtures/no-rejoin/profile.toml",
+            "fixtures/forwarder-exits/profile.toml",
+            "fixtures/last-digit/profile.toml",
+            "fixtures/no-shared-table/profile.toml",
         ] {
             let path = root.join(p);
             let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -795,7 +795,15 @@ mod tests {
         let files = read_context_dir(d.path()).unwrap();
         assert_eq!(files.len(), 1);
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-        for name in ["good", "faulty"] {
+        for name in [
+            "good",
+            "faulty",
+            "sticky-service",
+            "no-rejoin",
+            "forwarder-exits",
+            "last-digit",
+            "no-shared-table",
+        ] {
             let files = read_context_dir(&fixtures.join(name)).unwrap();
             assert!(files.iter().any(|(n, _, _)| n == "Dockerfile"), "{name}");
         }

@@ -720,6 +720,9 @@ async fn wait_service(
     outcome.map_err(Failed)
 }
 
+/// The least time the shared-table check has for its look.
+const SHARED_LOOK: Duration = Duration::from_secs(5);
+
 /// Most bytes of a file the grader reads in a node (the shared table).
 const MAX_FILE_BYTES: usize = 1 << 20;
 
@@ -776,9 +779,13 @@ async fn wait_shared(
         return None;
     }
     let hosts = sub.profile.judge.hosts_file.clone();
+    // Checked after the tables, so it gets at least one full look even when the tables
+    // used up the limit: a wrong table is not also reported as a late shared copy.
     let r = wait_for(
         "the shared table",
-        limit.saturating_sub(since.at.elapsed()),
+        limit
+            .saturating_sub(since.at.elapsed())
+            .max(SHARED_LOOK),
         sub.profile.poll(),
         || async {
             let leader = etcd_leader(sub, live).await?;
@@ -826,7 +833,7 @@ async fn check_ssh(sub: &GradedCluster, rec: &mut Recorder, live: &[NodeRef]) {
 }
 
 /// Most SSH commands run at once.
-const SSH_AT_ONCE: usize = 6;
+const SSH_AT_ONCE: usize = 8;
 
 /// As [`check_ssh`]; with `involving`, only the pairs to and from that node.
 async fn check_ssh_pairs(

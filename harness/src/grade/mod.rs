@@ -21,11 +21,11 @@ use crate::docker::HarnessError;
 use crate::images::ImageOptions;
 use crate::names::Subnet;
 use bollard::Docker;
+use futures::StreamExt;
 use profile::{IpPlan, Profile};
 use report::GradeReport;
 use runner::GradedCluster;
 use scenarios::Scenario;
-use futures::StreamExt;
 use std::path::PathBuf;
 
 /// The `k`-th subnet of the same size after `base` (`k = 0` is `base`).

@@ -490,7 +490,10 @@ impl Profile {
         if !(j.shared_hosts_file.is_empty() || j.shared_hosts_file.starts_with('/')) {
             return invalid(
                 "judge.shared_hosts_file",
-                format!("{:?} must be an absolute path (or empty)", j.shared_hosts_file),
+                format!(
+                    "{:?} must be an absolute path (or empty)",
+                    j.shared_hosts_file
+                ),
             );
         }
         let scale = self.scenarios.scale_nodes;

@@ -501,7 +501,9 @@ impl GradedCluster {
         };
         match tokio::time::timeout(Duration::from_secs(10), fut).await {
             Ok(r) => r.map(|_| ()),
-            Err(_) => Err(fault(format!("MoveLeader at {endpoint} did not answer within 10 s"))),
+            Err(_) => Err(fault(format!(
+                "MoveLeader at {endpoint} did not answer within 10 s"
+            ))),
         }
     }
 

@@ -12,11 +12,11 @@ use super::report::{CheckReport, ScenarioReport, Status};
 use super::runner::{GradedCluster, UpError};
 
 mod moves;
-use moves::{demote, gateway, partition, restart};
 use crate::docker::HarnessError;
 use crate::oracle::raft_leader;
 use crate::wait::wait_for;
 use futures::StreamExt;
+use moves::{demote, gateway, partition, restart};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -197,12 +197,10 @@ pub async fn run_scenario(
                 Scenario::Startup | Scenario::Scale => {
                     startup(sub, &mut rec, t0).await.map_err(UpError::from)
                 }
-                Scenario::KillFollower => kill(sub, &mut rec, t0, false)
-                    .await
-                    .map_err(UpError::from),
-                Scenario::KillLeader => kill(sub, &mut rec, t0, true)
-                    .await
-                    .map_err(UpError::from),
+                Scenario::KillFollower => {
+                    kill(sub, &mut rec, t0, false).await.map_err(UpError::from)
+                }
+                Scenario::KillLeader => kill(sub, &mut rec, t0, true).await.map_err(UpError::from),
                 Scenario::LeaderDemoted => demote(sub, &mut rec, t0).await,
                 Scenario::PartitionLeader => partition(sub, &mut rec, t0).await,
                 Scenario::RestartFollower => restart(sub, &mut rec, t0).await,
@@ -371,11 +369,18 @@ async fn kill(
     // The hosts tables and the service are watched at the same time, so each figure is
     // the time that part of the submission took, not the sum.
     let (hosts, svc) = tokio::join!(
-        hosts_after_kill(sub, &survivors, &victim, since, leader, if leader {
-            "dead_leader_gone_s"
-        } else {
-            "dead_follower_gone_s"
-        }),
+        hosts_after_kill(
+            sub,
+            &survivors,
+            &victim,
+            since,
+            leader,
+            if leader {
+                "dead_leader_gone_s"
+            } else {
+                "dead_follower_gone_s"
+            }
+        ),
         wait_service(
             sub,
             &survivors,
@@ -751,9 +756,7 @@ fn table_lines(lines: &[HostLine]) -> Vec<String> {
         .collect();
     v.sort();
     v.dedup();
-    v.into_iter()
-        .map(|(n, a)| format!("host{n} {a}"))
-        .collect()
+    v.into_iter().map(|(n, a)| format!("host{n} {a}")).collect()
 }
 
 fn show_table(lines: &[String]) -> String {

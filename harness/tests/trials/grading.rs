@@ -6,10 +6,10 @@
 //! report.json and junit.xml, which must read back.
 
 use anyhow::{ensure, Context};
+use futures::StreamExt;
 use harness::grade::profile::Profile;
 use harness::grade::report::{write_reports, GradeReport, ScenarioReport, Status};
 use harness::grade::scenarios::Scenario;
-use futures::StreamExt;
 use harness::grade::{grade, scenarios_by_name, GradeOptions};
 use harness::images::{default_workspace, ImageOptions};
 use harness::names::Subnet;
@@ -249,7 +249,10 @@ fn check_all_pass(r: &GradeReport) -> anyhow::Result<()> {
 }
 
 /// The names of the checks that failed in scenario `name`, which must have failed.
-fn failed_checks<'a>(r: &'a GradeReport, name: &str) -> anyhow::Result<(&'a ScenarioReport, Vec<&'a str>)> {
+fn failed_checks<'a>(
+    r: &'a GradeReport,
+    name: &str,
+) -> anyhow::Result<(&'a ScenarioReport, Vec<&'a str>)> {
     let s = r.scenario(name).with_context(|| format!("no {name}"))?;
     ensure!(
         s.status == Status::Failed,
@@ -257,7 +260,10 @@ fn failed_checks<'a>(r: &'a GradeReport, name: &str) -> anyhow::Result<(&'a Scen
         s.status,
         s.reason
     );
-    ensure!(s.logs.is_some(), "{name}: a failed scenario carries the nodes' logs");
+    ensure!(
+        s.logs.is_some(),
+        "{name}: a failed scenario carries the nodes' logs"
+    );
     Ok((
         s,
         s.checks

@@ -54,7 +54,16 @@ pub(super) async fn demote(
     }
     let done = AtomicBool::new(false);
     let hosts_part = async {
-        let h = wait_hosts(sub, &all, &[], since, change, "limits.leader_change_s", None).await;
+        let h = wait_hosts(
+            sub,
+            &all,
+            &[],
+            since,
+            change,
+            "limits.leader_change_s",
+            None,
+        )
+        .await;
         let shared = wait_shared(sub, &all, since, change, "limits.leader_change_s").await;
         done.store(true, Ordering::SeqCst);
         (h.result, shared)
@@ -99,11 +108,11 @@ async fn one_server(
     let steady = secs(p.limits.steady_s);
     let port = p.judge.service_port;
     loop {
-        let probes: Vec<(NodeRef, ServiceProbe)> =
-            futures::future::join_all(live.iter().map(|n| async move {
-                (n.clone(), sub.probe_service(n).await)
-            }))
-            .await;
+        let probes: Vec<(NodeRef, ServiceProbe)> = futures::future::join_all(
+            live.iter()
+                .map(|n| async move { (n.clone(), sub.probe_service(n).await) }),
+        )
+        .await;
         let serving: Vec<String> = probes
             .iter()
             .filter(|(_, p)| p.serving())
@@ -191,13 +200,12 @@ pub(super) async fn partition(
         wait_hosts(sub, &all, &[], since, rejoin, "limits.rejoin_s", None),
         wait_service(sub, &all, since, rejoin, "limits.rejoin_s")
     );
-    match &hosts.result {
-        Ok(h) => {
-            rec.figure("rejoined_s", h.secs);
-            rec.notes
-                .push(format!("after the reconnection etcd's leader is {}", h.leader));
-        }
-        Err(_) => {}
+    if let Ok(h) = &hosts.result {
+        rec.figure("rejoined_s", h.secs);
+        rec.notes.push(format!(
+            "after the reconnection etcd's leader is {}",
+            h.leader
+        ));
     }
     rec.check("hosts_after_heal", hosts.result.map(|h| h.secs));
     rec.check("service_after_heal", svc);
@@ -363,7 +371,10 @@ pub(super) async fn gateway(
         return Ok(());
     };
     let all = sub.nodes();
-    let path = g.path.clone().unwrap_or_else(|| p.judge.service_path.clone());
+    let path = g
+        .path
+        .clone()
+        .unwrap_or_else(|| p.judge.service_path.clone());
     let addr = format!("{}:{}", sub.plan.gateway_ip(), g.port);
     let url = format!("http://{addr}{path}");
     let Some(before) = before_fault(sub, rec, t0).await else {

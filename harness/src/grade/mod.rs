@@ -341,6 +341,28 @@ mod tests {
     }
 
     #[test]
+    fn switches_and_the_gateway_section_decide_what_runs() {
+        let mut p = Profile::default();
+        let on = |p: &Profile| {
+            Scenario::ALL
+                .into_iter()
+                .filter(|s| s.enabled(p))
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            !on(&p).contains(&"gateway"),
+            "no [gateway], no gateway scenario"
+        );
+        assert_eq!(on(&p).len(), 7);
+        p.gateway = Some(Default::default());
+        p.scenarios.scale = false;
+        assert!(on(&p).contains(&"gateway") && !on(&p).contains(&"scale"));
+        assert_eq!(Scenario::Scale.nodes(&p), 11);
+        assert_eq!(Scenario::Startup.nodes(&p), 3);
+    }
+
+    #[test]
     fn subnets_for_parallel_slots_follow_each_other() {
         let base: Subnet = "10.79.1.0/24".parse().unwrap();
         assert_eq!(nth_subnet(base, 0), base);

@@ -854,11 +854,98 @@ dead_node_s = 20
                 Box::new(|p| p.judge.ssh_expect = "{".into()),
             ),
             ("`limits.poll_ms`", Box::new(|p| p.limits.poll_ms = 0)),
+            ("`limits.rejoin_s`", Box::new(|p| p.limits.rejoin_s = 0)),
+            (
+                "`judge.shared_hosts_file`",
+                Box::new(|p| p.judge.shared_hosts_file = "mnt/hosts".into()),
+            ),
+            (
+                "`scenarios.scale_nodes`",
+                Box::new(|p| p.scenarios.scale_nodes = 2),
+            ),
+            (
+                "`scenarios.scale_nodes`",
+                Box::new(|p| {
+                    p.network.first_offset = 240;
+                    p.scenarios.scale_nodes = 14;
+                }),
+            ),
+            (
+                "`gateway.port`",
+                Box::new(|p| {
+                    p.gateway = Some(GatewayTemplate {
+                        port: 0,
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "`gateway`",
+                Box::new(|p| {
+                    p.gateway = Some(GatewayTemplate {
+                        image: Some("x".into()),
+                        build: Some("y".into()),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "`gateway.command/entrypoint/env`",
+                Box::new(|p| {
+                    p.gateway = Some(GatewayTemplate {
+                        command: vec!["{index}".into()],
+                        ..Default::default()
+                    })
+                }),
+            ),
         ];
         for (key, f) in cases {
             let e = checked(f).expect_err(key).to_string();
             assert!(e.contains(key) && e.contains("t.toml"), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn scenarios_and_gateway_sections_load_with_defaults() {
+        Jail::expect_with(|jail| {
+            let text = format!(
+                "{GOOD}\n[scenarios]\nscale = false\nscale_nodes = 12\n[gateway]\ncommand = [\"fw\", \"{{endpoints}}\"]\nbuild = \"gw\"\n"
+            );
+            jail.create_dir("gw")?;
+            jail.create_file("p.toml", &text)?;
+            let p = Profile::load(Path::new("p.toml")).map_err(|e| e.to_string())?;
+            assert!(!p.scenarios.scale && p.scenarios.leader_demoted);
+            assert_eq!(p.scenarios.scale_nodes, 12);
+            let g = p.gateway.clone().expect("a gateway");
+            assert_eq!((g.port, g.interval_ms), (8080, 100));
+            // Relative to the profile's directory, like submission.build.
+            assert!(g.build.is_some_and(|b| b.is_absolute()));
+            assert_eq!(p.judge.shared_hosts_file, "");
+            assert_eq!(p.limits.rejoin_s, 60);
+            jail.create_file("q.toml", &format!("{GOOD}\n[scenarios]\nscael = true\n"))?;
+            let e = Profile::load(Path::new("q.toml")).unwrap_err().to_string();
+            assert!(
+                e.contains("`scenarios.scael`") && e.contains("q.toml"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn gateway_vars_name_every_endpoint_and_its_own_address() {
+        let plan = IpPlan {
+            subnet: "10.79.1.0/24".parse().unwrap(),
+            first_offset: 10,
+            nodes: 3,
+        };
+        assert_eq!(plan.gateway_ip().to_string(), "10.79.1.254");
+        let v = plan.gateway_vars("lab", 2379);
+        assert_eq!(
+            render("{ip} {endpoints}", &v).unwrap(),
+            "10.79.1.254 http://10.79.1.10:2379,http://10.79.1.11:2379,http://10.79.1.12:2379"
+        );
+        assert!(render("{index}", &v).is_err(), "no per-node placeholder");
     }
 
     #[test]

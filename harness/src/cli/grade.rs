@@ -19,7 +19,8 @@ pub struct GradeArgs {
     /// Run on this subnet instead of the profile's.
     #[arg(long)]
     pub subnet: Option<Subnet>,
-    /// Run only this scenario (repeatable): startup, kill_follower, kill_leader.
+    /// Run only this scenario (repeatable): startup, kill_follower, kill_leader,
+    /// leader_demoted, partition_leader, restart_follower, scale, gateway.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// Allow the profile's node.cap_add to grant this Linux capability (repeatable; e.g.
@@ -27,6 +28,13 @@ pub struct GradeArgs {
     /// baseline docs/GRADING.md lists, and a profile asking for one is refused.
     #[arg(long = "allow-cap", value_name = "CAP")]
     pub allow_caps: Vec<String>,
+    /// Scenarios run at once, each cluster on its own subnet (the next ones after the
+    /// profile's).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub parallel: u8,
+    /// Grade K times and report every scenario whose verdict changed between runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub repeat: u8,
     #[command(flatten)]
     pub images: super::ImagesArgs,
 }
@@ -44,24 +52,48 @@ pub async fn run(a: GradeArgs) -> anyhow::Result<()> {
     options.subnet = a.subnet;
     options.scenarios = scenarios_by_name(&a.scenarios)?;
     options.allow_caps = a.allow_caps.clone();
+    options.parallel = a.parallel.into();
     let req = GradeRun {
         profile,
         report_dir: a.report.clone(),
         options,
     };
-    let report = crate::grade::run(&req).await?;
-    print!("\n{}", crate::grade::report::summary_table(&report));
-    println!(
-        "reports: {} and {}",
-        a.report.join("report.json").display(),
-        a.report.join("junit.xml").display()
-    );
-    if report.failed + report.errors > 0 {
-        anyhow::bail!(
-            "{} of {} scenarios did not pass",
-            report.failed + report.errors,
-            report.scenarios.len()
+    let repeat = usize::from(a.repeat);
+    let runs = crate::grade::run_repeated(&req, repeat).await?;
+    let mut not_passed = 0;
+    for (k, report) in runs.iter().enumerate() {
+        let dir = if repeat == 1 {
+            a.report.clone()
+        } else {
+            println!("\nrun {} of {repeat}", k + 1);
+            a.report.join(format!("run{}", k + 1))
+        };
+        print!("\n{}", crate::grade::report::summary_table(report));
+        println!(
+            "reports: {} and {}",
+            dir.join("report.json").display(),
+            dir.join("junit.xml").display()
         );
+        not_passed += report.failed + report.errors;
+    }
+    if repeat > 1 {
+        let changes = crate::grade::verdict_changes(&runs);
+        if changes.is_empty() {
+            println!("\nno verdict changed over {repeat} runs");
+        } else {
+            println!("\nverdicts that changed over {repeat} runs:");
+            for c in &changes {
+                println!("  {c}");
+            }
+            anyhow::bail!(
+                "{} scenario(s) changed verdict between runs: {}",
+                changes.len(),
+                changes.join("; ")
+            );
+        }
+    }
+    if not_passed > 0 {
+        anyhow::bail!("{not_passed} scenario run(s) did not pass");
     }
     Ok(())
 }

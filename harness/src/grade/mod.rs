@@ -25,11 +25,22 @@ use crate::docker::HarnessError;
 use crate::images::ImageOptions;
 use crate::names::Subnet;
 use bollard::Docker;
+use futures::StreamExt;
 use profile::{IpPlan, Profile};
 use report::GradeReport;
 use runner::GradedCluster;
 use scenarios::Scenario;
 use std::path::PathBuf;
+
+/// The `k`-th subnet of the same size after `base` (`k = 0` is `base`).
+pub fn nth_subnet(base: Subnet, k: usize) -> Subnet {
+    let size = 1u64 << (32 - base.prefix);
+    let start = u64::from(u32::from(base.base)) + size * k as u64;
+    Subnet {
+        base: std::net::Ipv4Addr::from(start.min(u64::from(u32::MAX)) as u32),
+        prefix: base.prefix,
+    }
+}
 
 /// Log lines per node attached to a scenario that did not pass.
 const LOG_LINES: usize = 15;
@@ -50,6 +61,9 @@ pub struct GradeOptions {
     /// Capabilities the operator allows beyond [`profile::BASELINE_CAPS`]
     /// (`--allow-cap`); the profile's `node.cap_add` may ask only for those.
     pub allow_caps: Vec<String>,
+    /// Scenarios run at once (at least 1), each cluster on its own subnet: slot k uses the
+    /// k-th subnet of the same size after the profile's (or `subnet`).
+    pub parallel: usize,
 }
 
 impl GradeOptions {
@@ -61,6 +75,7 @@ impl GradeOptions {
             scenarios: Vec::new(),
             images,
             allow_caps: Vec::new(),
+            parallel: 1,
         }
     }
 }
@@ -76,11 +91,17 @@ pub async fn grade(
         .cluster_prefix
         .clone()
         .unwrap_or_else(|| format!("grade-{}", profile.name));
-    let scenarios = if opts.scenarios.is_empty() {
-        Scenario::ALL.to_vec()
+    let scenarios: Vec<Scenario> = if opts.scenarios.is_empty() {
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| s.enabled(profile))
+            .collect()
     } else {
         opts.scenarios.clone()
     };
+    if scenarios.contains(&Scenario::Gateway) && profile.gateway.is_none() {
+        return Err(GradeError::NoGateway);
+    }
     // Every cluster name is checked before anything is built.
     let clusters = scenarios
         .iter()
@@ -103,8 +124,9 @@ pub async fn grade(
         })?;
     }
     profile.granted_caps(&opts.allow_caps, profile_file)?;
+    let base_subnet = opts.subnet.unwrap_or_else(|| profile.subnet());
     let plan = IpPlan {
-        subnet: opts.subnet.unwrap_or_else(|| profile.subnet()),
+        subnet: base_subnet,
         first_offset: profile.network.first_offset,
         nodes: profile.nodes,
     };
@@ -133,22 +155,64 @@ pub async fn grade(
                 .cleaned());
             }
         };
-    let mut reports = Vec::new();
-    for (s, cluster) in clusters {
-        let sub = GradedCluster::new(docker, profile, &image, &cluster, plan);
-        let step = crate::progress::Step::start(format!(
-            "scenario {} on {} nodes of {image}",
-            s.name(),
-            plan.nodes
-        ));
-        let r = scenarios::run_scenario(&sub, s, LOG_LINES).await;
-        step.done_with(match r.status {
-            report::Status::Passed => "passed",
-            report::Status::Failed => "FAILED",
-            report::Status::Error => "could not be run",
-        });
-        reports.push(r);
-    }
+    // The gateway's image; when it cannot be had, the gateway scenario alone is an error.
+    let gateway_image: Option<Result<String, String>> = match &profile.gateway {
+        Some(g) if scenarios.contains(&Scenario::Gateway) => Some(
+            gateway_image(docker, profile, &opts.images, g, &image)
+                .await
+                .map_err(|e| text::clean(&format!("the grader has no gateway image: {e}"))),
+        ),
+        _ => None,
+    };
+    let parallel = opts.parallel.max(1);
+    // Free slots; a scenario takes one (and its subnet) while it runs.
+    let slots = std::sync::Mutex::new((0..parallel).rev().collect::<Vec<usize>>());
+    let runs = clusters.into_iter().map(|(s, cluster)| {
+        let (image, gateway_image, slots) = (&image, &gateway_image, &slots);
+        async move {
+            let mut gateway = None;
+            if s == Scenario::Gateway {
+                match gateway_image {
+                    Some(Ok(g)) => gateway = Some(g),
+                    Some(Err(reason)) => return report::ScenarioReport::not_run(s, reason),
+                    None => {}
+                }
+            }
+            let slot = slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or(0);
+            let plan = IpPlan {
+                subnet: nth_subnet(base_subnet, slot),
+                first_offset: profile.network.first_offset,
+                nodes: s.nodes(profile),
+            };
+            let mut sub = GradedCluster::new(docker, profile, image, &cluster, plan);
+            if let Some(g) = gateway {
+                sub = sub.with_gateway(g);
+            }
+            let step = crate::progress::Step::start(format!(
+                "scenario {} on {} nodes of {image} ({})",
+                s.name(),
+                plan.nodes,
+                plan.subnet
+            ));
+            let r = scenarios::run_scenario(&sub, s, LOG_LINES).await;
+            step.done_with(match r.status {
+                report::Status::Passed => "passed",
+                report::Status::Failed => "FAILED",
+                report::Status::Error => "could not be run",
+            });
+            slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+            r
+        }
+    });
+    // In the profile's order whatever finishes first.
+    let reports: Vec<report::ScenarioReport> = futures::stream::iter(runs)
+        .buffered(parallel)
+        .collect()
+        .await;
     Ok(GradeReport::new(
         &profile.name,
         profile_file,
@@ -158,6 +222,34 @@ pub async fn grade(
         reports,
     )
     .cleaned())
+}
+
+/// The image of the profile's `[gateway]`: a local image, a folder built on the base image
+/// as a submission's is (same checks and bounds), or else the submission's own image.
+async fn gateway_image(
+    docker: &Docker,
+    profile: &Profile,
+    images: &crate::images::ImageOptions,
+    g: &profile::GatewayTemplate,
+    image: &str,
+) -> Result<String, runner::ImageError> {
+    match (&g.image, &g.build) {
+        (Some(i), _) => runner::prepare_image(docker, profile, images, Some(i.as_str())).await,
+        (None, Some(dir)) => {
+            let context = runner::submission_context(dir)?;
+            let base = crate::images::ensure_base(docker, images).await?;
+            runner::build_dir_image_within(
+                docker,
+                dir,
+                context,
+                &base,
+                &format!("{}-gateway", profile.name),
+                &profile.limits,
+            )
+            .await
+        }
+        (None, None) => Ok(image.to_string()),
+    }
 }
 
 /// The profile's image source in words, for a report that has no image.
@@ -180,6 +272,8 @@ pub enum GradeError {
     CapNotAllowed(#[from] profile::CapNotAllowed),
     #[error("--allow-cap {cap}: {reason}")]
     AllowCap { cap: String, reason: String },
+    #[error("the gateway scenario needs a [gateway] section in the profile")]
+    NoGateway,
     #[error("--scenario {name:?}: known scenarios are {known}")]
     UnknownScenario { name: String, known: String },
     #[error("cluster name {cluster:?} for scenario {scenario}: {source} (shorten the profile's name or the prefix)")]
@@ -228,18 +322,137 @@ pub fn scenarios_by_name(names: &[String]) -> Result<Vec<Scenario>, GradeError> 
 /// profile that cannot be read or asks for a capability not allowed is refused before
 /// anything starts, with no report.
 pub async fn run(req: &GradeRun) -> Result<GradeReport, GradeError> {
+    let mut runs = run_repeated(req, 1).await?;
+    Ok(runs.remove(0))
+}
+
+/// Grades `repeat` times (at least once). With one run the reports go into the report
+/// directory; with more, run k's go into `<dir>/run<k>` (from 1).
+pub async fn run_repeated(req: &GradeRun, repeat: usize) -> Result<Vec<GradeReport>, GradeError> {
     let profile = Profile::load(&req.profile)?;
     let docker = crate::docker::connect().await?;
-    let report = grade(
-        &docker,
-        &profile,
-        &req.profile.display().to_string(),
-        &req.options,
-    )
-    .await?;
-    report::write_reports(&req.report_dir, &report).map_err(|source| GradeError::Reports {
-        dir: req.report_dir.display().to_string(),
-        source,
-    })?;
-    Ok(report)
+    let repeat = repeat.max(1);
+    let mut runs = Vec::new();
+    for k in 1..=repeat {
+        let report = grade(
+            &docker,
+            &profile,
+            &req.profile.display().to_string(),
+            &req.options,
+        )
+        .await?;
+        let dir = if repeat == 1 {
+            req.report_dir.clone()
+        } else {
+            req.report_dir.join(format!("run{k}"))
+        };
+        report::write_reports(&dir, &report).map_err(|source| GradeError::Reports {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        runs.push(report);
+    }
+    Ok(runs)
+}
+
+/// The scenarios whose verdict was not the same in every run of a `--repeat`, each as
+/// `name: passed, failed, passed` (a scenario missing from a run counts as `missing`).
+pub fn verdict_changes(runs: &[GradeReport]) -> Vec<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        for s in &r.scenarios {
+            if !names.contains(&s.name.as_str()) {
+                names.push(&s.name);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let verdicts: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    r.scenario(name)
+                        .map(|s| {
+                            match s.status {
+                                report::Status::Passed => "passed",
+                                report::Status::Failed => "failed",
+                                report::Status::Error => "error",
+                            }
+                            .to_string()
+                        })
+                        .unwrap_or_else(|| "missing".into())
+                })
+                .collect();
+            (verdicts.iter().any(|v| *v != verdicts[0]))
+                .then(|| format!("{name}: {}", verdicts.join(", ")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::{ScenarioReport, Status};
+
+    fn run(verdicts: &[(&str, Status)]) -> GradeReport {
+        let scenarios = verdicts
+            .iter()
+            .map(|(n, st)| ScenarioReport {
+                name: n.to_string(),
+                description: String::new(),
+                status: *st,
+                passed: *st == Status::Passed,
+                reason: None,
+                seconds: 1.0,
+                figures: Default::default(),
+                notes: Vec::new(),
+                checks: Vec::new(),
+                logs: None,
+            })
+            .collect();
+        GradeReport::new("p", "p.toml", "img", 3, "10.79.1.0/24", scenarios)
+    }
+
+    #[test]
+    fn changed_verdicts_are_named_with_every_run() {
+        let a = run(&[("startup", Status::Passed), ("scale", Status::Passed)]);
+        let b = run(&[("startup", Status::Passed), ("scale", Status::Failed)]);
+        assert!(verdict_changes(&[a.clone(), a.clone()]).is_empty());
+        assert_eq!(
+            verdict_changes(&[a.clone(), b, a]),
+            ["scale: passed, failed, passed"]
+        );
+    }
+
+    #[test]
+    fn switches_and_the_gateway_section_decide_what_runs() {
+        let mut p = Profile::default();
+        let on = |p: &Profile| {
+            Scenario::ALL
+                .into_iter()
+                .filter(|s| s.enabled(p))
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            !on(&p).contains(&"gateway"),
+            "no [gateway], no gateway scenario"
+        );
+        assert_eq!(on(&p).len(), 7);
+        p.gateway = Some(Default::default());
+        p.scenarios.scale = false;
+        assert!(on(&p).contains(&"gateway") && !on(&p).contains(&"scale"));
+        assert_eq!(Scenario::Scale.nodes(&p), 11);
+        assert_eq!(Scenario::Startup.nodes(&p), 3);
+    }
+
+    #[test]
+    fn subnets_for_parallel_slots_follow_each_other() {
+        let base: Subnet = "10.79.1.0/24".parse().unwrap();
+        assert_eq!(nth_subnet(base, 0), base);
+        assert_eq!(nth_subnet(base, 2).to_string(), "10.79.3.0/24");
+        let big: Subnet = "10.79.0.0/16".parse().unwrap();
+        assert_eq!(nth_subnet(big, 1).to_string(), "10.80.0.0/16");
+    }
 }

@@ -179,6 +179,102 @@ pub struct Profile {
     pub node: NodeTemplate,
     pub judge: Judge,
     pub limits: Limits,
+    /// Which scenarios run, and the size of the `scale` cluster.
+    pub scenarios: ScenarioSwitches,
+    /// The submission's own forwarder, graded by the `gateway` scenario when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayTemplate>,
+}
+
+/// Placeholders a gateway's command, entrypoint and environment may use: the cluster's
+/// (`n`, `first_ip`, `peers`, `ips`, `cluster`, `subnet`), the gateway's own address `ip`,
+/// and `endpoints` (`http://IP:<judge.etcd_client_port>,…` for every node).
+pub const GATEWAY_PLACEHOLDERS: [&str; 8] = [
+    "ip",
+    "n",
+    "first_ip",
+    "peers",
+    "ips",
+    "cluster",
+    "subnet",
+    "endpoints",
+];
+
+impl Default for GatewayTemplate {
+    fn default() -> Self {
+        GatewayTemplate {
+            image: None,
+            build: None,
+            command: Vec::new(),
+            entrypoint: Vec::new(),
+            env: BTreeMap::new(),
+            port: 8080,
+            path: None,
+            interval_ms: 100,
+        }
+    }
+}
+
+/// Most nodes of any graded cluster.
+pub const MAX_NODES: usize = 20;
+
+/// Each scenario on (true, the default) or off, and the node count of `scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScenarioSwitches {
+    pub startup: bool,
+    pub kill_follower: bool,
+    pub kill_leader: bool,
+    pub leader_demoted: bool,
+    pub partition_leader: bool,
+    pub restart_follower: bool,
+    pub scale: bool,
+    /// Runs only when the profile has a `[gateway]` section.
+    pub gateway: bool,
+    /// Nodes of the `scale` cluster (default 11: two-digit node indexes).
+    pub scale_nodes: usize,
+}
+
+impl Default for ScenarioSwitches {
+    fn default() -> Self {
+        ScenarioSwitches {
+            startup: true,
+            kill_follower: true,
+            kill_leader: true,
+            leader_demoted: true,
+            partition_leader: true,
+            restart_follower: true,
+            scale: true,
+            gateway: true,
+            scale_nodes: 11,
+        }
+    }
+}
+
+/// The submission's forwarder: one more container on the cluster's network, started with
+/// the nodes, that forwards HTTP to the leader's service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayTemplate {
+    /// An image present locally; with neither `image` nor `build`, the submission's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A directory holding a Dockerfile, relative to the profile file, built like
+    /// `submission.build`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<PathBuf>,
+    /// The container's command ([`GATEWAY_PLACEHOLDERS`]); empty keeps the image's CMD.
+    pub command: Vec<String>,
+    /// Replaces the image's ENTRYPOINT when not empty.
+    pub entrypoint: Vec<String>,
+    /// Environment variables (templates).
+    pub env: BTreeMap<String, String>,
+    /// The port the forwarder serves HTTP on.
+    pub port: u16,
+    /// The path requested through it (default `judge.service_path`).
+    pub path: Option<String>,
+    /// Pause between two GETs of the stream, in milliseconds.
+    pub interval_ms: u64,
 }
 
 /// Where the submission's image comes from: exactly one of the three.
@@ -238,6 +334,9 @@ pub struct Judge {
     pub ssh_command: String,
     /// Text the SSH command's output must contain (empty: the exit code alone counts).
     pub ssh_expect: String,
+    /// The shared copy of the leader's table, as a path inside a node (e.g. `/mnt/hosts`);
+    /// empty: not checked.
+    pub shared_hosts_file: String,
 }
 
 /// Time allowed for each check, in seconds unless named otherwise.
@@ -272,6 +371,12 @@ pub struct Limits {
     /// Size of each of a node's two log files, in MiB: its output beyond that is dropped
     /// oldest first.
     pub log_mb: u64,
+    /// From a stopped node's restart (or a cut node's reconnection) until it is back in
+    /// every table, its etcd member is healthy and the tables are right.
+    pub rejoin_s: u64,
+    /// After leadership moved, the least time the grader keeps checking that no two nodes
+    /// serve.
+    pub steady_s: u64,
 }
 
 impl Default for Profile {
@@ -284,6 +389,8 @@ impl Default for Profile {
             node: NodeTemplate::default(),
             judge: Judge::default(),
             limits: Limits::default(),
+            scenarios: ScenarioSwitches::default(),
+            gateway: None,
         }
     }
 }
@@ -319,6 +426,7 @@ impl Default for Judge {
             service_path: "/".into(),
             ssh_command: "ssh -o BatchMode=yes -o ConnectTimeout=5 {peer} hostname".into(),
             ssh_expect: "{peer_name}".into(),
+            shared_hosts_file: String::new(),
         }
     }
 }
@@ -338,6 +446,8 @@ impl Default for Limits {
             pids: 512,
             cpus: 1.0,
             log_mb: 10,
+            rejoin_s: 60,
+            steady_s: 5,
         }
     }
 }
@@ -370,6 +480,12 @@ impl Profile {
                 let joined = base.join(dir);
                 // Absolute and without `.` parts, so reports name the directory plainly.
                 profile.submission.build = Some(std::fs::canonicalize(&joined).unwrap_or(joined));
+            }
+        }
+        if let Some(dir) = profile.gateway.as_mut().and_then(|g| g.build.as_mut()) {
+            if dir.is_relative() {
+                let joined = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+                *dir = std::fs::canonicalize(&joined).unwrap_or(joined);
             }
         }
         Ok(profile)
@@ -496,6 +612,8 @@ impl Profile {
             ("limits.poll_ms", l.poll_ms),
             ("limits.build_s", l.build_s),
             ("limits.log_mb", l.log_mb),
+            ("limits.rejoin_s", l.rejoin_s),
+            ("limits.steady_s", l.steady_s),
         ] {
             if v == 0 {
                 return invalid(key, "must be above 0".into());
@@ -525,6 +643,69 @@ impl Profile {
         for cap in &self.node.cap_add {
             if let Err(reason) = capability(cap) {
                 return invalid("node.cap_add", reason);
+            }
+        }
+        self.validate_additions(file)
+    }
+
+    /// Checks the scenario switches, the shared table and the gateway.
+    fn validate_additions(&self, file: &str) -> Result<(), ProfileError> {
+        let invalid = |key: &'static str, reason: String| {
+            Err(ProfileError::Invalid {
+                file: file.to_string(),
+                key,
+                reason,
+            })
+        };
+        let j = &self.judge;
+        if !(j.shared_hosts_file.is_empty() || j.shared_hosts_file.starts_with('/')) {
+            return invalid(
+                "judge.shared_hosts_file",
+                format!(
+                    "{:?} must be an absolute path (or empty)",
+                    j.shared_hosts_file
+                ),
+            );
+        }
+        let scale = self.scenarios.scale_nodes;
+        if !(3..=MAX_NODES).contains(&scale) {
+            return invalid(
+                "scenarios.scale_nodes",
+                format!("is {scale}; give 3 to {MAX_NODES}"),
+            );
+        }
+        let room = 1u64 << (32 - self.subnet().prefix);
+        let last = self.network.first_offset as u64 + self.nodes.max(scale) as u64;
+        // The gateway takes the last address before the broadcast address.
+        if last >= room - 2 {
+            return invalid(
+                "scenarios.scale_nodes",
+                format!(
+                    "{scale} nodes from offset {} do not fit in {} with room for the gateway",
+                    self.network.first_offset,
+                    self.subnet()
+                ),
+            );
+        }
+        if let Some(g) = &self.gateway {
+            if g.image.is_some() && g.build.is_some() {
+                return invalid("gateway", "give `image` or `build`, not both".into());
+            }
+            if g.port == 0 {
+                return invalid("gateway.port", "must be above 0".into());
+            }
+            if g.interval_ms == 0 {
+                return invalid("gateway.interval_ms", "must be above 0".into());
+            }
+            if let Some(path) = &g.path {
+                if !path.starts_with('/') {
+                    return invalid("gateway.path", format!("{path:?} must start with /"));
+                }
+            }
+            for t in g.command.iter().chain(&g.entrypoint).chain(g.env.values()) {
+                if let Err(e) = check_template(t, &GATEWAY_PLACEHOLDERS) {
+                    return invalid("gateway.command/entrypoint/env", e.to_string());
+                }
             }
         }
         Ok(())
@@ -570,6 +751,25 @@ pub struct IpPlan {
 impl IpPlan {
     pub fn node_ip(&self, i: usize) -> Ipv4Addr {
         self.subnet.host(self.first_offset + i as u32)
+    }
+
+    /// The gateway's address: the last one before the broadcast address.
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        self.subnet.host((1u32 << (32 - self.subnet.prefix)) - 2)
+    }
+
+    /// The values of [`GATEWAY_PLACEHOLDERS`] for the gateway of cluster `cluster`.
+    pub fn gateway_vars(&self, cluster: &str, etcd_port: u16) -> BTreeMap<&'static str, String> {
+        let mut v = self.node_vars(0, cluster);
+        for k in ["index", "name"] {
+            v.remove(k);
+        }
+        v.insert("ip", self.gateway_ip().to_string());
+        let endpoints: Vec<String> = (0..self.nodes)
+            .map(|k| format!("http://{}:{etcd_port}", self.node_ip(k)))
+            .collect();
+        v.insert("endpoints", endpoints.join(","));
+        v
     }
 
     /// The values of [`NODE_PLACEHOLDERS`] for node `i` of cluster `cluster`.
@@ -839,6 +1039,50 @@ dead_node_s = 20
                 "`node.cap_add`",
                 Box::new(|p| p.node.cap_add = vec!["ALL".into()]),
             ),
+            ("`limits.rejoin_s`", Box::new(|p| p.limits.rejoin_s = 0)),
+            (
+                "`judge.shared_hosts_file`",
+                Box::new(|p| p.judge.shared_hosts_file = "mnt/hosts".into()),
+            ),
+            (
+                "`scenarios.scale_nodes`",
+                Box::new(|p| p.scenarios.scale_nodes = 2),
+            ),
+            (
+                "`scenarios.scale_nodes`",
+                Box::new(|p| {
+                    p.network.first_offset = 240;
+                    p.scenarios.scale_nodes = 14;
+                }),
+            ),
+            (
+                "`gateway.port`",
+                Box::new(|p| {
+                    p.gateway = Some(GatewayTemplate {
+                        port: 0,
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "`gateway`",
+                Box::new(|p| {
+                    p.gateway = Some(GatewayTemplate {
+                        image: Some("x".into()),
+                        build: Some("y".into()),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "`gateway.command/entrypoint/env`",
+                Box::new(|p| {
+                    p.gateway = Some(GatewayTemplate {
+                        command: vec!["{index}".into()],
+                        ..Default::default()
+                    })
+                }),
+            ),
         ];
         for (key, f) in cases {
             let e = checked(f).expect_err(key).to_string();
@@ -886,6 +1130,49 @@ dead_node_s = 20
         for cap in BASELINE_CAPS {
             assert!(LINUX_CAPS.contains(&cap), "{cap}");
         }
+    }
+
+    #[test]
+    fn scenarios_and_gateway_sections_load_with_defaults() {
+        Jail::expect_with(|jail| {
+            let text = format!(
+                "{GOOD}\n[scenarios]\nscale = false\nscale_nodes = 12\n[gateway]\ncommand = [\"fw\", \"{{endpoints}}\"]\nbuild = \"gw\"\n"
+            );
+            jail.create_dir("gw")?;
+            jail.create_file("p.toml", &text)?;
+            let p = Profile::load(Path::new("p.toml")).map_err(|e| e.to_string())?;
+            assert!(!p.scenarios.scale && p.scenarios.leader_demoted);
+            assert_eq!(p.scenarios.scale_nodes, 12);
+            let g = p.gateway.clone().expect("a gateway");
+            assert_eq!((g.port, g.interval_ms), (8080, 100));
+            // Relative to the profile's directory, like submission.build.
+            assert!(g.build.is_some_and(|b| b.is_absolute()));
+            assert_eq!(p.judge.shared_hosts_file, "");
+            assert_eq!(p.limits.rejoin_s, 60);
+            jail.create_file("q.toml", &format!("{GOOD}\n[scenarios]\nscael = true\n"))?;
+            let e = Profile::load(Path::new("q.toml")).unwrap_err().to_string();
+            assert!(
+                e.contains("`scenarios.scael`") && e.contains("q.toml"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn gateway_vars_name_every_endpoint_and_its_own_address() {
+        let plan = IpPlan {
+            subnet: "10.79.1.0/24".parse().unwrap(),
+            first_offset: 10,
+            nodes: 3,
+        };
+        assert_eq!(plan.gateway_ip().to_string(), "10.79.1.254");
+        let v = plan.gateway_vars("lab", 2379);
+        assert_eq!(
+            render("{ip} {endpoints}", &v).unwrap(),
+            "10.79.1.254 http://10.79.1.10:2379,http://10.79.1.11:2379,http://10.79.1.12:2379"
+        );
+        assert!(render("{index}", &v).is_err(), "no per-node placeholder");
     }
 
     #[test]
@@ -939,6 +1226,11 @@ dead_node_s = 20
             "fixtures/hostile/linkloop/profile.toml",
             "fixtures/hostile/escapes/profile.toml",
             "fixtures/hostile/endless/profile.toml",
+            "fixtures/sticky-service/profile.toml",
+            "fixtures/no-rejoin/profile.toml",
+            "fixtures/forwarder-exits/profile.toml",
+            "fixtures/last-digit/profile.toml",
+            "fixtures/no-shared-table/profile.toml",
         ] {
             let path = root.join(p);
             let profile = Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -363,6 +363,9 @@ pub enum UpError {
     },
     #[error(transparent)]
     Harness(#[from] HarnessError),
+    /// The grader could not cause the scenario's fault (e.g. etcd refused to move its leader).
+    #[error("causing the fault ({what}): {reason}")]
+    Fault { what: String, reason: String },
 }
 
 /// One scenario's cluster of a submission's containers: the profile, its IP plan and image,
@@ -375,6 +378,8 @@ pub struct GradedCluster {
     pub image: String,
     pub plan: IpPlan,
     pub objects: ClusterObjects,
+    /// The image of the profile's gateway, when this cluster starts one.
+    pub gateway_image: Option<String>,
 }
 
 impl GradedCluster {
@@ -393,7 +398,14 @@ impl GradedCluster {
             objects: ClusterObjects::new(docker, cluster)
                 .run_scoped()
                 .internal_network(),
+            gateway_image: None,
         }
+    }
+
+    /// Starts the profile's gateway from `image` with the nodes.
+    pub fn with_gateway(mut self, image: &str) -> Self {
+        self.gateway_image = Some(image.to_string());
+        self
     }
 
     pub fn names(&self) -> &ClusterNames {
@@ -440,9 +452,12 @@ impl GradedCluster {
                 (0..self.plan.nodes).map(|i| (n.node_volume(i), Some(ClusterNames::node_name(i)))),
             );
         }
-        let containers = (0..self.plan.nodes)
+        let mut containers = (0..self.plan.nodes)
             .map(|i| self.node_container(i))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(g) = self.gateway_container()? {
+            containers.push(g);
+        }
         Ok(bounded(
             format!("starting cluster {}", n.cluster),
             UP_STEP,
@@ -514,6 +529,135 @@ impl GradedCluster {
             nano_cpus: (l.cpus * 1e9).round() as i64,
             log_file_bytes: l.log_mb * 1024 * 1024,
             log_files: LOG_FILES,
+        }
+    }
+
+    /// The gateway's container from the profile's `[gateway]`, when this cluster has one.
+    pub fn gateway_container(&self) -> Result<Option<ContainerSpec>, UpError> {
+        let (Some(image), Some(t)) = (&self.gateway_image, &self.profile.gateway) else {
+            return Ok(None);
+        };
+        let n = self.names();
+        let vars = self
+            .plan
+            .gateway_vars(&n.cluster, self.profile.judge.etcd_client_port);
+        let fill = |field: &str, template: &str| {
+            render(template, &vars).map_err(|reason| UpError::Template {
+                field: field.to_string(),
+                node: "the gateway".into(),
+                reason,
+            })
+        };
+        let fill_all = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|s| fill(field, s))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut env = Vec::new();
+        for (k, v) in &t.env {
+            env.push(format!("{k}={}", fill(&format!("gateway.env.{k}"), v)?));
+        }
+        Ok(Some(ContainerSpec {
+            container: n.gateway(),
+            role: ContainerRole::Gateway,
+            image: image.clone(),
+            hostname: Some("gateway".into()),
+            command: fill_all("gateway.command", &t.command)?,
+            entrypoint: fill_all("gateway.entrypoint", &t.entrypoint)?,
+            env,
+            // The gateway only reads the shared table, and runs held in like the nodes
+            // (no capability at all: it needs none to forward).
+            read_only_mounts: vec![(n.shared_volume(), self.profile.node.shared_mount.clone())],
+            ip: Some(self.plan.gateway_ip()),
+            stop_timeout_s: Some(5),
+            init: true,
+            confinement: Some(self.confinement()),
+            ..Default::default()
+        }))
+    }
+
+    /// `None` while the gateway's container runs, else what Docker says about it.
+    pub async fn gateway_not_running(&self) -> Result<Option<Stopped>> {
+        self.objects.not_running(&self.names().gateway()).await
+    }
+
+    /// Starts a node's stopped container again (same container, same data).
+    pub async fn start(&self, node: &NodeRef) -> Result<()> {
+        self.objects.start(&self.container(node)?).await
+    }
+
+    /// Takes a node's container off the cluster's network: from then on it reaches nothing
+    /// and nothing reaches it, without any help from inside.
+    pub async fn disconnect(&self, node: &NodeRef) -> Result<()> {
+        let container = self.container(node)?;
+        let network = self.names().network();
+        ctx(
+            format!("disconnecting {container} from {network}"),
+            self.objects
+                .docker
+                .disconnect_network(
+                    &network,
+                    bollard::models::NetworkDisconnectRequest {
+                        container,
+                        force: Some(true),
+                    },
+                )
+                .await,
+        )
+    }
+
+    /// Puts a disconnected node back on the cluster's network at its own address.
+    pub async fn reconnect(&self, node: &NodeRef) -> Result<()> {
+        let container = self.container(node)?;
+        let network = self.names().network();
+        ctx(
+            format!("reconnecting {container} to {network} at {}", node.ip),
+            self.objects
+                .docker
+                .connect_network(
+                    &network,
+                    bollard::models::NetworkConnectRequest {
+                        container,
+                        endpoint_config: Some(bollard::models::EndpointSettings {
+                            ipam_config: Some(bollard::models::EndpointIpamConfig {
+                                ipv4_address: Some(node.ip.to_string()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await,
+        )
+    }
+
+    /// Asks etcd's leader `from` (from the host, through etcd's maintenance API) to hand
+    /// its leadership to the member of node `to`.
+    pub async fn move_leader(&self, from: &NodeRef, to: &NodeRef) -> Result<(), UpError> {
+        let fault = |reason: String| UpError::Fault {
+            what: format!("moving etcd's leadership from {from} to {to}"),
+            reason,
+        };
+        let target = self
+            .member_status(to)
+            .await
+            .map_err(|e| fault(e.to_string()))?
+            .member_id;
+        let endpoint = format!("http://{}:{}", from.ip, self.profile.judge.etcd_client_port);
+        let fut = async {
+            let mut client = clusterlab_core::etcd::connect(&endpoint)
+                .await
+                .map_err(|e| fault(format!("connecting to {endpoint}: {e}")))?;
+            client
+                .move_leader(target)
+                .await
+                .map_err(|e| fault(format!("MoveLeader at {endpoint}: {e}")))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), fut).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(fault(format!(
+                "MoveLeader at {endpoint} did not answer within 10 s"
+            ))),
         }
     }
 
@@ -620,9 +764,14 @@ impl GradedCluster {
     /// The last `lines` lines of every node's output, each node's at most [`LOG_BYTES`],
     /// cleaned, each read bounded by [`DOCKER_STEP`].
     pub async fn logs_tail(&self, lines: usize) -> String {
+        let mut containers: Vec<String> = (0..self.plan.nodes)
+            .map(|i| self.names().node_container(i))
+            .collect();
+        if self.gateway_image.is_some() {
+            containers.push(self.names().gateway());
+        }
         let mut out = String::new();
-        for i in 0..self.plan.nodes {
-            let c = self.names().node_container(i);
+        for c in containers {
             let read = self.objects.logs_tail_capped(&c, lines, LOG_BYTES);
             let text = match tokio::time::timeout(DOCKER_STEP, read).await {
                 Ok(t) => clean(&t),
@@ -888,7 +1037,15 @@ mod tests {
         let files = read_context_dir(d.path()).unwrap();
         assert_eq!(files.len(), 1);
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-        for name in ["good", "faulty"] {
+        for name in [
+            "good",
+            "faulty",
+            "sticky-service",
+            "no-rejoin",
+            "forwarder-exits",
+            "last-digit",
+            "no-shared-table",
+        ] {
             let files = read_context_dir(&fixtures.join(name)).unwrap();
             assert!(files.iter().any(|(n, _, _)| n == "Dockerfile"), "{name}");
         }

@@ -10,9 +10,13 @@ use super::judge::{
 use super::profile::{render, Profile};
 use super::report::{CheckReport, ScenarioReport, Status};
 use super::runner::{GradedCluster, UpError};
+
+mod moves;
 use crate::docker::HarnessError;
 use crate::oracle::raft_leader;
 use crate::wait::wait_for;
+use futures::StreamExt;
+use moves::{demote, gateway, partition, restart};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -49,13 +53,23 @@ pub enum Scenario {
     Startup,
     KillFollower,
     KillLeader,
+    LeaderDemoted,
+    PartitionLeader,
+    RestartFollower,
+    Scale,
+    Gateway,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Startup,
         Scenario::KillFollower,
         Scenario::KillLeader,
+        Scenario::LeaderDemoted,
+        Scenario::PartitionLeader,
+        Scenario::RestartFollower,
+        Scenario::Scale,
+        Scenario::Gateway,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +77,11 @@ impl Scenario {
             Scenario::Startup => "startup",
             Scenario::KillFollower => "kill_follower",
             Scenario::KillLeader => "kill_leader",
+            Scenario::LeaderDemoted => "leader_demoted",
+            Scenario::PartitionLeader => "partition_leader",
+            Scenario::RestartFollower => "restart_follower",
+            Scenario::Scale => "scale",
+            Scenario::Gateway => "gateway",
         }
     }
 
@@ -77,12 +96,51 @@ impl Scenario {
             Scenario::KillLeader => {
                 "after the leader is killed: host0 and the service move to etcd's new leader, the dead leader leaves every hosts table in time, SSH works between the survivors"
             }
+            Scenario::LeaderDemoted => {
+                "etcd's leadership is moved to a follower while the old leader stays alive and connected: host0 and the service move, the old leader stops serving, and from then on no two nodes serve"
+            }
+            Scenario::PartitionLeader => {
+                "the leader is taken off the network: the majority elects a new leader and its tables and service follow; after the reconnection the old leader is back as a follower, its table right, not serving"
+            }
+            Scenario::RestartFollower => {
+                "a follower is killed and started again (same container, same data): it leaves every table, then is back in every table, its etcd member healthy, SSH to and from it working"
+            }
+            Scenario::Scale => {
+                "a fresh cluster of scenarios.scale_nodes nodes (two-digit node indexes): the startup checks"
+            }
+            Scenario::Gateway => {
+                "the profile's gateway, started with the nodes, forwards a steady stream of GETs to the leader's service; after the leader is killed the GETs succeed again and the gateway process is still running"
+            }
         }
     }
 
     /// The scenario named `name` (as in reports and `--scenario`).
     pub fn from_name(name: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether the profile runs this scenario: its switch in `[scenarios]` is on, and
+    /// `gateway` needs a `[gateway]` section.
+    pub fn enabled(self, p: &Profile) -> bool {
+        let s = &p.scenarios;
+        match self {
+            Scenario::Startup => s.startup,
+            Scenario::KillFollower => s.kill_follower,
+            Scenario::KillLeader => s.kill_leader,
+            Scenario::LeaderDemoted => s.leader_demoted,
+            Scenario::PartitionLeader => s.partition_leader,
+            Scenario::RestartFollower => s.restart_follower,
+            Scenario::Scale => s.scale,
+            Scenario::Gateway => s.gateway && p.gateway.is_some(),
+        }
+    }
+
+    /// The node count of this scenario's cluster.
+    pub fn nodes(self, p: &Profile) -> usize {
+        match self {
+            Scenario::Scale => p.scenarios.scale_nodes,
+            _ => p.nodes,
+        }
     }
 }
 
@@ -136,9 +194,17 @@ pub async fn run_scenario(
         let t0 = Instant::now();
         let body = async {
             match scenario {
-                Scenario::Startup => startup(sub, &mut rec, t0).await,
-                Scenario::KillFollower => kill(sub, &mut rec, t0, false).await,
-                Scenario::KillLeader => kill(sub, &mut rec, t0, true).await,
+                Scenario::Startup | Scenario::Scale => {
+                    startup(sub, &mut rec, t0).await.map_err(UpError::from)
+                }
+                Scenario::KillFollower => {
+                    kill(sub, &mut rec, t0, false).await.map_err(UpError::from)
+                }
+                Scenario::KillLeader => kill(sub, &mut rec, t0, true).await.map_err(UpError::from),
+                Scenario::LeaderDemoted => demote(sub, &mut rec, t0).await,
+                Scenario::PartitionLeader => partition(sub, &mut rec, t0).await,
+                Scenario::RestartFollower => restart(sub, &mut rec, t0).await,
+                Scenario::Gateway => gateway(sub, &mut rec, t0).await,
             }
         };
         match tokio::time::timeout(limit, body).await {
@@ -232,23 +298,21 @@ async fn startup(sub: &GradedCluster, rec: &mut Recorder, t0: Instant) -> Result
         rec.figure("service_on_leader_s", *s);
     }
     rec.check("leader_service", svc);
+    let shared = wait_shared(sub, &all, since, start, "limits.start_s").await;
+    record_shared(rec, "shared_hosts", shared);
     check_ssh(sub, rec, &all).await;
     Ok(())
 }
 
-async fn kill(
-    sub: &GradedCluster,
-    rec: &mut Recorder,
-    t0: Instant,
-    leader: bool,
-) -> Result<(), HarnessError> {
-    let p = &sub.profile;
+/// Waits until the cluster is right before a fault (hosts tables and service within
+/// `limits.start_s`) and records `before_fault`; `None` when it never was.
+async fn before_fault(sub: &GradedCluster, rec: &mut Recorder, t0: Instant) -> Option<HostsOk> {
     let all = sub.nodes();
     let since = Since {
         at: t0,
         what: "the containers started",
     };
-    let start = Duration::from_secs(p.limits.start_s);
+    let start = Duration::from_secs(sub.profile.limits.start_s);
     // The fault is only meaningful on a cluster that was right before it.
     let (hosts, svc) = tokio::join!(
         wait_hosts(sub, &all, &[], since, start, "limits.start_s", None),
@@ -259,11 +323,11 @@ async fn kill(
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
         (Err(h), Err(s)) => Err(Failed(format!("{h}; {s}"))),
     };
-    let before = match before {
+    match before {
         Ok(h) => {
             rec.figure("ready_s", t0.elapsed().as_secs_f64());
             rec.check("before_fault", Ok(t0.elapsed().as_secs_f64()));
-            h
+            Some(h)
         }
         Err(e) => {
             rec.check(
@@ -272,15 +336,33 @@ async fn kill(
                     "the cluster was never right before the fault: {e}"
                 ))),
             );
-            return Ok(());
+            None
         }
+    }
+}
+
+/// The lowest-numbered node other than `leader`, so the same profile picks the same node
+/// on every run.
+fn first_follower(all: &[NodeRef], leader: &NodeRef) -> Option<NodeRef> {
+    all.iter().find(|n| *n != leader).cloned()
+}
+
+async fn kill(
+    sub: &GradedCluster,
+    rec: &mut Recorder,
+    t0: Instant,
+    leader: bool,
+) -> Result<(), HarnessError> {
+    let p = &sub.profile;
+    let all = sub.nodes();
+    let Some(before) = before_fault(sub, rec, t0).await else {
+        return Ok(());
     };
     let victim = if leader {
         before.leader.clone()
     } else {
-        // The lowest-numbered follower, so the same profile kills the same node each run.
-        match all.iter().find(|n| **n != before.leader) {
-            Some(n) => n.clone(),
+        match first_follower(&all, &before.leader) {
+            Some(n) => n,
             None => return Ok(()),
         }
     };
@@ -300,7 +382,18 @@ async fn kill(
     // The hosts tables and the service are watched at the same time, so each figure is
     // the time that part of the submission took, not the sum.
     let (hosts, svc) = tokio::join!(
-        hosts_after_kill(sub, &survivors, &victim, killed, leader),
+        hosts_after_kill(
+            sub,
+            &survivors,
+            &victim,
+            since,
+            leader,
+            if leader {
+                "dead_leader_gone_s"
+            } else {
+                "dead_follower_gone_s"
+            }
+        ),
         wait_service(
             sub,
             &survivors,
@@ -325,6 +418,15 @@ async fn kill(
         );
     }
     rec.check("leader_service", svc);
+    let shared = wait_shared(
+        sub,
+        &survivors,
+        since,
+        Duration::from_secs(p.limits.dead_node_s),
+        "limits.dead_node_s",
+    )
+    .await;
+    record_shared(rec, "shared_hosts", shared);
     check_ssh(sub, rec, &survivors).await;
     Ok(())
 }
@@ -337,23 +439,17 @@ async fn hosts_after_kill(
     sub: &GradedCluster,
     survivors: &[NodeRef],
     victim: &NodeRef,
-    killed: Instant,
+    since: Since,
     leader: bool,
+    gone_key: &'static str,
 ) -> (Vec<(&'static str, f64)>, Result<f64, Failed>) {
     let p = &sub.profile;
     let mut figures = Vec::new();
-    let since = Since {
-        at: killed,
-        what: if leader {
-            "the leader was killed"
-        } else {
-            "the follower was killed"
-        },
-    };
+    let killed = since.at;
     let dead = [(victim.clone(), killed)];
     if leader {
         let change_limit = Duration::from_secs(p.limits.leader_change_s);
-        match wait_new_leader(sub, survivors, victim, killed, change_limit).await {
+        match wait_new_leader(sub, survivors, victim, since, change_limit).await {
             Ok(s) => figures.push(("new_etcd_leader_s", s)),
             Err(e) => return (figures, Err(e)),
         }
@@ -384,12 +480,7 @@ async fn hosts_after_kill(
     )
     .await;
     if let Some(s) = full.gone_s {
-        let key = if leader {
-            "dead_leader_gone_s"
-        } else {
-            "dead_follower_gone_s"
-        };
-        figures.push((key, s));
+        figures.push((gone_key, s));
     }
     if let Ok(h) = &full.result {
         figures.push(("hosts_correct_s", h.secs));
@@ -573,9 +664,10 @@ async fn wait_new_leader(
     sub: &GradedCluster,
     survivors: &[NodeRef],
     old: &NodeRef,
-    killed: Instant,
+    since: Since,
     limit: Duration,
 ) -> Result<f64, Failed> {
+    let killed = since.at;
     let r = wait_for(
         "a new etcd leader",
         limit.saturating_sub(killed.elapsed()),
@@ -591,8 +683,14 @@ async fn wait_new_leader(
     .await;
     r.map(|(s, _)| s).map_err(|e| {
         Failed(format!(
-            "etcd elected no new leader among the survivors {:.1} s after the leader was killed; allowed {} s (limits.leader_change_s); last seen: {}",
+            "etcd elected no new leader among {} {:.1} s after {}; allowed {} s (limits.leader_change_s); last seen: {}",
+            survivors
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             killed.elapsed().as_secs_f64(),
+            since.what,
             limit.as_secs(),
             e.last
         ))
@@ -644,9 +742,126 @@ async fn wait_service(
     outcome.map_err(Failed)
 }
 
+/// The least time the shared-table check has for its look.
+const SHARED_LOOK: Duration = Duration::from_secs(5);
+
+/// Most bytes of a file the grader reads in a node (the shared table).
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// A file in a node as text, at most [`MAX_FILE_BYTES`]; why not when it cannot be read.
+async fn read_node_file(sub: &GradedCluster, node: &NodeRef, path: &str) -> Result<String, Failed> {
+    let limit = MAX_FILE_BYTES.to_string();
+    let out = sub
+        .exec(node, &["head", "-c", &limit, path])
+        .await
+        .map_err(|e| Failed(e.to_string()))?;
+    if out.code != 0 {
+        let why = out.stderr.trim();
+        return Err(Failed(format!(
+            "{path} cannot be read in {node} ({})",
+            if why.is_empty() { "no such file?" } else { why }
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// The hostN lines of a table as `hostN IP` sorted by N, for comparing and for reasons.
+fn table_lines(lines: &[HostLine]) -> Vec<String> {
+    let mut v: Vec<(u32, String)> = lines
+        .iter()
+        .map(|l| (l.number, l.address.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.into_iter().map(|(n, a)| format!("host{n} {a}")).collect()
+}
+
+fn show_table(lines: &[String]) -> String {
+    if lines.is_empty() {
+        "no hostN line".into()
+    } else {
+        summarize(lines, 6)
+    }
+}
+
+/// Waits until the shared copy of the table (`judge.shared_hosts_file`, read in the leader
+/// node: the volume is the same in every node) holds the same hostN lines as the leader's
+/// own table. `None` when the profile does not name a shared copy.
+async fn wait_shared(
+    sub: &GradedCluster,
+    live: &[NodeRef],
+    since: Since,
+    limit: Duration,
+    limit_key: &str,
+) -> Option<Result<f64, Failed>> {
+    let shared = sub.profile.judge.shared_hosts_file.clone();
+    if shared.is_empty() {
+        return None;
+    }
+    let hosts = sub.profile.judge.hosts_file.clone();
+    // Checked after the tables, so it gets at least one full look even when the tables
+    // used up the limit: a wrong table is not also reported as a late shared copy.
+    let r = wait_for(
+        "the shared table",
+        limit
+            .saturating_sub(since.at.elapsed())
+            .max(SHARED_LOOK),
+        sub.profile.poll(),
+        || async {
+            let leader = etcd_leader(sub, live).await?;
+            let own = read_node_file(sub, &leader, &hosts).await?;
+            let own = table_lines(&parse_host_lines(&own));
+            let copy = read_node_file(sub, &leader, &shared).await?;
+            let copy = table_lines(&parse_host_lines(&copy));
+            if copy == own && !own.is_empty() {
+                Ok(since.at.elapsed().as_secs_f64())
+            } else {
+                Err(Failed(format!(
+                    "the shared copy {shared} holds [{}] but {hosts} of the leader {leader} holds [{}]",
+                    show_table(&copy),
+                    show_table(&own)
+                )))
+            }
+        },
+    )
+    .await;
+    Some(r.map(|(s, _)| s).map_err(|e| {
+        Failed(format!(
+            "{}; still so {:.1} s after {}; allowed {} s ({limit_key}); the leader must publish its table on the shared volume",
+            e.last,
+            since.at.elapsed().as_secs_f64(),
+            since.what,
+            limit.as_secs()
+        ))
+    }))
+}
+
+/// Records a shared-table wait as the check `name` and the figure `shared_hosts_s`.
+fn record_shared(rec: &mut Recorder, name: &str, r: Option<Result<f64, Failed>>) {
+    if let Some(r) = r {
+        if let Ok(s) = &r {
+            rec.figure("shared_hosts_s", *s);
+        }
+        rec.check(name, r);
+    }
+}
+
 /// Runs the profile's SSH command from every live node to every other, retrying the
 /// failed pairs until all succeed or `limits.ssh_s` is over.
 async fn check_ssh(sub: &GradedCluster, rec: &mut Recorder, live: &[NodeRef]) {
+    check_ssh_pairs(sub, rec, live, None).await
+}
+
+/// Most SSH commands run at once.
+const SSH_AT_ONCE: usize = 8;
+
+/// As [`check_ssh`]; with `involving`, only the pairs to and from that node.
+async fn check_ssh_pairs(
+    sub: &GradedCluster,
+    rec: &mut Recorder,
+    live: &[NodeRef],
+    involving: Option<&NodeRef>,
+) {
     let p = &sub.profile;
     let limit = Duration::from_secs(p.limits.ssh_s);
     let pairs: Vec<(NodeRef, NodeRef)> = live
@@ -656,6 +871,7 @@ async fn check_ssh(sub: &GradedCluster, rec: &mut Recorder, live: &[NodeRef]) {
                 .filter(move |b| *b != a)
                 .map(move |b| (a.clone(), b.clone()))
         })
+        .filter(|(a, b)| involving.is_none_or(|n| a == n || b == n))
         .collect();
     let total = pairs.len();
     let pending = Mutex::new(pairs);
@@ -671,8 +887,16 @@ async fn check_ssh(sub: &GradedCluster, rec: &mut Recorder, live: &[NodeRef]) {
             let todo = pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let mut failed = Vec::new();
             let mut reasons = Vec::new();
-            for (a, b) in todo {
-                if let Err(why) = ssh_once(sub, &a, &b).await {
+            let outcomes: Vec<_> = futures::stream::iter(todo)
+                .map(|(a, b)| async move {
+                    let r = ssh_once(sub, &a, &b).await;
+                    (a, b, r)
+                })
+                .buffered(SSH_AT_ONCE)
+                .collect()
+                .await;
+            for (a, b, r) in outcomes {
+                if let Err(why) = r {
                     reasons.push(why.0);
                     failed.push((a, b));
                 }

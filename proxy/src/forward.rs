@@ -16,6 +16,7 @@
 //! leader's 101 the two connections are spliced, and the tunnel is closed when the leader
 //! changes, so clients reconnect to the new leader instead of talking to a dead one.
 
+use crate::limits::Slots;
 use crate::pool::Pool;
 use crate::upstream::{Counters, Tracker, Upstream};
 use crate::Body;
@@ -59,6 +60,17 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Pause between attempts on the same leader.
     pub retry_pause: Duration,
+    /// How long the leader may take to answer with a response head once it has the request
+    /// (a WebSocket's 101 included; the tunnel after it is not bounded). Past it: 504.
+    pub response_timeout: Duration,
+    /// A client's request head must be complete within this, counted from the accept or
+    /// from the end of the previous response (so idle keep-alive connections end after it).
+    pub header_timeout: Duration,
+    /// A client connection on which no byte moves either way for this long is closed (slow
+    /// request bodies, clients that stop reading). WebSocket tunnels are not bounded.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; beyond it new ones get a 503 and are closed.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -67,6 +79,10 @@ impl Default for Settings {
             hold: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             retry_pause: Duration::from_millis(50),
+            response_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
         }
     }
 }
@@ -210,6 +226,7 @@ pub struct Proxy {
     tracker: Arc<Tracker>,
     pool: Arc<Pool>,
     settings: Settings,
+    slots: Arc<Slots>,
 }
 
 impl Proxy {
@@ -218,7 +235,17 @@ impl Proxy {
             tracker,
             pool: Arc::new(Pool::default()),
             settings,
+            slots: Slots::new(settings.max_connections),
         })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The cap on client connections and its counts.
+    pub fn slots(&self) -> &Arc<Slots> {
+        &self.slots
     }
 
     pub fn tracker(&self) -> &Arc<Tracker> {
@@ -246,7 +273,10 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         if req.uri().path() == STATUS_PATH {
-            let body = serde_json::to_string_pretty(&self.tracker.report())
+            let mut report = self.tracker.report();
+            report.open_connections = self.slots.open() as u64;
+            report.refused_connections = self.slots.refused();
+            let body = serde_json::to_string_pretty(&report)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             let mut r = text_response(StatusCode::OK, body + "\n");
             r.headers_mut().insert(
@@ -279,6 +309,18 @@ impl Proxy {
         text_response(
             StatusCode::BAD_GATEWAY,
             format!("502 Bad Gateway: {detail}\n"),
+        )
+    }
+
+    fn gateway_timeout(&self, up: &Upstream) -> Response<Body> {
+        Counters::bump(&self.tracker.counters.gateway_timeout);
+        tracing::warn!(upstream = %up, "no response head within the response timeout");
+        text_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "504 Gateway Timeout: {up} did not answer within {:.1} s\n",
+                self.settings.response_timeout.as_secs_f64()
+            ),
         )
     }
 
@@ -352,9 +394,11 @@ impl Proxy {
                 (false, None) => return self.bad_gateway("the request body was lost"),
             };
             let mut inflight = std::pin::pin!(sender.try_send_request(template.request(send_body)));
+            let answer_by = Instant::now() + self.settings.response_timeout;
             let first = tokio::select! {
                 r = &mut inflight => Some(r),
                 _ = changed_away(&mut rx, &up) => None,
+                _ = tokio::time::sleep_until(answer_by) => return self.gateway_timeout(&up),
             };
             let result = match first {
                 Some(r) => r,
@@ -364,8 +408,14 @@ impl Proxy {
                     Counters::bump(&self.tracker.counters.retries);
                     continue;
                 }
-                None => match tokio::time::timeout(self.settings.hold, &mut inflight).await {
+                None => match tokio::time::timeout_at(
+                    answer_by.min(Instant::now() + self.settings.hold),
+                    &mut inflight,
+                )
+                .await
+                {
                     Ok(r) => r,
+                    Err(_) if Instant::now() >= answer_by => return self.gateway_timeout(&up),
                     Err(_) => {
                         return self.bad_gateway(&format!(
                             "the leader changed while {up} had the request; \

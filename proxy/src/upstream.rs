@@ -39,6 +39,8 @@ pub struct Counters {
     pub bad_gateway: AtomicU64,
     /// WebSocket (and other upgraded) connections tunnelled.
     pub upgrades: AtomicU64,
+    /// Requests answered 504 because the leader sent no response head in time.
+    pub gateway_timeout: AtomicU64,
 }
 
 impl Counters {
@@ -80,7 +82,12 @@ pub struct StatusReport {
     pub retries: u64,
     pub unavailable: u64,
     pub bad_gateway: u64,
+    pub gateway_timeout: u64,
     pub upgrades: u64,
+    /// Client connections open now (filled in by the proxy).
+    pub open_connections: u64,
+    /// Client connections refused at the cap since start (filled in by the proxy).
+    pub refused_connections: u64,
 }
 
 impl Tracker {
@@ -154,7 +161,10 @@ impl Tracker {
             retries: load(&c.retries),
             unavailable: load(&c.unavailable),
             bad_gateway: load(&c.bad_gateway),
+            gateway_timeout: load(&c.gateway_timeout),
             upgrades: load(&c.upgrades),
+            open_connections: 0,
+            refused_connections: 0,
         }
     }
 }

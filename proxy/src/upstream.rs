@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -21,6 +21,28 @@ pub struct Upstream {
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} at {}", self.name, self.addr)
+    }
+}
+
+/// The current upstream as requests read it: shared, with its response header made once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leader {
+    pub up: Upstream,
+    /// The value of the `x-clusterlab-upstream` response header (its name), if it is one.
+    pub header: Option<hyper::header::HeaderValue>,
+}
+
+impl Leader {
+    fn new(up: Upstream) -> Leader {
+        let header = hyper::header::HeaderValue::from_str(&up.name).ok();
+        Leader { up, header }
+    }
+}
+
+impl std::ops::Deref for Leader {
+    type Target = Upstream;
+    fn deref(&self) -> &Upstream {
+        &self.up
     }
 }
 
@@ -61,7 +83,7 @@ struct Switches {
 #[derive(Debug)]
 pub struct Tracker {
     source: String,
-    tx: watch::Sender<Option<Upstream>>,
+    tx: watch::Sender<Option<Arc<Leader>>>,
     switches: Mutex<Switches>,
     pub counters: Counters,
 }
@@ -105,10 +127,10 @@ impl Tracker {
     /// leader is not a switch; adopting a different leader is.
     pub fn set(&self, up: Option<Upstream>) -> bool {
         let changed = self.tx.send_if_modified(|cur| {
-            if *cur == up {
+            if cur.as_deref().map(|l| &l.up) == up.as_ref() {
                 false
             } else {
-                *cur = up.clone();
+                *cur = up.clone().map(|u| Arc::new(Leader::new(u)));
                 true
             }
         });
@@ -133,11 +155,11 @@ impl Tracker {
 
     /// The upstream now.
     pub fn current(&self) -> Option<Upstream> {
-        self.tx.borrow().clone()
+        self.tx.borrow().as_deref().map(|l| l.up.clone())
     }
 
     /// A receiver that sees every change.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Upstream>> {
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Leader>>> {
         self.tx.subscribe()
     }
 
@@ -208,7 +230,10 @@ mod tests {
         let mut rx = t.subscribe();
         t.set(up("node2", 8888));
         rx.changed().await.unwrap();
-        assert_eq!(*rx.borrow_and_update(), up("node2", 8888));
+        let now = rx.borrow_and_update().as_deref().map(|l| l.up.clone());
+        assert_eq!(now, up("node2", 8888));
+        let header = rx.borrow().as_ref().and_then(|l| l.header.clone());
+        assert_eq!(header.unwrap(), "node2");
     }
 
     #[test]

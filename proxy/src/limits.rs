@@ -4,7 +4,7 @@
 //! - [`Slots`] caps the open client connections. A connection beyond the cap is accepted,
 //!   answered `503` with `Connection: close` (best effort, never waiting on the client) and
 //!   closed; refusals are logged at most once a second with their count.
-//! - [`Watched`] wraps a client socket, notes when bytes last moved either way, and holds the
+//! - [`Watched`] wraps a client socket, counts the reads and writes that move bytes, and holds the
 //!   connection's slot for as long as the socket lives (a WebSocket tunnel keeps it too).
 //! - [`watchdog`] resolves when a connection has to be closed: no complete byte before the
 //!   header timeout after accept, or nothing moved either way for the idle timeout. The
@@ -13,7 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -97,34 +97,35 @@ pub const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\n\
 content-length: 62\r\n\r\n503 Service Unavailable: the gateway has too many connections\n";
 
-/// When bytes last moved on a connection, in milliseconds since `epoch`.
-#[derive(Debug)]
+/// Whether bytes moved on a connection: a count of reads and writes that moved any, bumped
+/// with no clock reading (the watchdog reads the clock only when it wakes).
+#[derive(Debug, Default)]
 pub struct Activity {
-    epoch: tokio::time::Instant,
-    last_ms: AtomicU64,
-    read_any: AtomicBool,
+    reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
-        Arc::new(Activity {
-            epoch: tokio::time::Instant::now(),
-            last_ms: AtomicU64::new(0),
-            read_any: AtomicBool::new(false),
-        })
+        Arc::new(Activity::default())
     }
 
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        // Skip the store when the millisecond is the same (most reads and writes of a
-        // request are).
-        if self.last_ms.load(Ordering::Relaxed) != ms {
-            self.last_ms.store(ms, Ordering::Relaxed);
-        }
+    fn bump(counter: &AtomicU64) {
+        // One task at a time touches a connection: a plain load and store is enough.
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
 
-    fn last(&self) -> tokio::time::Instant {
-        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    fn moves(&self) -> u64 {
+        self.reads
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.writes.load(Ordering::Relaxed))
+    }
+
+    fn read_any(&self) -> bool {
+        self.reads.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -155,10 +156,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-            if !self.activity.read_any.load(Ordering::Relaxed) {
-                self.activity.read_any.store(true, Ordering::Relaxed);
-            }
+            Activity::bump(&self.activity.reads);
         }
         r
     }
@@ -172,7 +170,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            Activity::bump(&self.activity.writes);
         }
         r
     }
@@ -184,7 +182,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            Activity::bump(&self.activity.writes);
         }
         r
     }
@@ -212,22 +210,38 @@ pub enum Expired {
 }
 
 /// Resolves when the connection watched by `activity` is to be closed: silent for `header`
-/// after accept, or with no byte moving for `idle` after that.
+/// after accept, or with no byte moving for `idle` after that. It wakes every quarter of
+/// `idle` to look, so an idle connection goes between `idle` and 1.25 × `idle` after its last
+/// byte.
 pub async fn watchdog(activity: &Activity, header: Duration, idle: Duration) -> Expired {
-    let sleep = tokio::time::sleep(header.min(idle));
+    let start = tokio::time::Instant::now();
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut seen = activity.moves();
+    let mut since = start;
+    let sleep = tokio::time::sleep(header.min(tick));
     tokio::pin!(sleep);
     loop {
         (&mut sleep).await;
-        let (limit, why) = if activity.read_any.load(Ordering::Relaxed) {
-            (idle, Expired::Idle)
+        let now = tokio::time::Instant::now();
+        if !activity.read_any() {
+            if now >= start + header {
+                return Expired::Silent;
+            }
         } else {
-            (header, Expired::Silent)
-        };
-        let due = activity.last() + limit;
-        if tokio::time::Instant::now() >= due {
-            return why;
+            let moves = activity.moves();
+            if moves != seen {
+                seen = moves;
+                since = now;
+            } else if now >= since + idle {
+                return Expired::Idle;
+            }
         }
-        sleep.as_mut().reset(due);
+        let next = if activity.read_any() {
+            now + tick
+        } else {
+            (start + header).min(now + tick)
+        };
+        sleep.as_mut().reset(next);
     }
 }
 
@@ -271,13 +285,11 @@ mod tests {
 
         // Bytes read: from then on the idle limit counts, from the last activity.
         let a = Activity::new();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        a.touch();
-        a.read_any.store(true, Ordering::Relaxed);
+        Activity::bump(&a.reads);
         let t = tokio::time::Instant::now();
         assert_eq!(watchdog(&a, header, idle).await, Expired::Idle);
         let took = t.elapsed();
-        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took >= idle, "{took:?}");
         assert!(took < Duration::from_secs(2), "{took:?}");
     }
 }

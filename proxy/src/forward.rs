@@ -289,6 +289,17 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
+        if req.uri().path() == crate::metrics::METRICS_PATH {
+            let mut r = text_response(
+                StatusCode::OK,
+                crate::metrics::render(&self.tracker, &self.slots),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            return Ok(r);
+        }
         if req.uri().path() == STATUS_PATH {
             let mut report = self.tracker.report();
             report.open_connections = self.slots.open() as u64;
@@ -518,6 +529,7 @@ impl Proxy {
         if let Some(name) = &leader.header {
             resp.headers_mut().insert(UPSTREAM_HEADER, name.clone());
         }
+        Counters::bump(&self.tracker.counters.forwarded);
         resp.map(|b| b.boxed())
     }
 }

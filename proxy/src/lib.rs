@@ -15,6 +15,7 @@
 //! - [`forward`]: forwarding one request: hold, retry, stream, WebSocket tunnels.
 //! - [`pool`]: keep-alive connections to upstreams.
 //! - [`limits`]: the cap on client connections, the header and idle timeouts.
+//! - [`metrics`]: `/__proxy/metrics` in Prometheus (OpenMetrics) text.
 //! - [`relay`]: a plain byte relay, the benchmark's floor for the cost of the extra hop.
 //! - [`serve`] / [`run`]: the accept loop and the whole proxy.
 
@@ -22,6 +23,7 @@ pub mod follow;
 pub mod forward;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod relay;
 pub mod upstream;

@@ -63,6 +63,8 @@ pub struct Counters {
     pub upgrades: AtomicU64,
     /// Requests answered 504 because the leader sent no response head in time.
     pub gateway_timeout: AtomicU64,
+    /// Requests answered by a leader (whatever its status).
+    pub forwarded: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +79,8 @@ struct Switches {
     last_at: Option<(SystemTime, Instant)>,
     /// The last leader that was known, kept through a spell of "no leader".
     last_known: Option<Upstream>,
+    /// Since when no leader is known, if none is.
+    lost_at: Option<Instant>,
 }
 
 /// The current upstream, its history and the counters.
@@ -86,6 +90,8 @@ pub struct Tracker {
     tx: watch::Sender<Option<Arc<Leader>>>,
     switches: Mutex<Switches>,
     pub counters: Counters,
+    /// Seconds from losing a leader to adopting the next one (0 for a direct handover).
+    pub switch_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The JSON of `/__proxy/status`.
@@ -105,6 +111,8 @@ pub struct StatusReport {
     pub unavailable: u64,
     pub bad_gateway: u64,
     pub gateway_timeout: u64,
+    /// Requests answered by a leader.
+    pub forwarded: u64,
     pub upgrades: u64,
     /// Client connections open now (filled in by the proxy).
     pub open_connections: u64,
@@ -120,6 +128,9 @@ impl Tracker {
             tx: watch::channel(None).0,
             switches: Mutex::new(Switches::default()),
             counters: Counters::default(),
+            switch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.05, 2.0, 10),
+            ),
         }
     }
 
@@ -139,14 +150,23 @@ impl Tracker {
                 Some(u) => tracing::info!(upstream = %u, "upstream set"),
                 None => tracing::warn!("no leader known: holding requests"),
             }
-            if let Some(u) = up {
-                let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
-                if s.last_known.as_ref() != Some(&u) {
-                    if s.last_known.is_some() {
-                        s.count += 1;
-                        s.last_at = Some((SystemTime::now(), Instant::now()));
+            let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+            match up {
+                None => {
+                    s.lost_at.get_or_insert_with(Instant::now);
+                }
+                Some(u) => {
+                    let lost_at = s.lost_at.take();
+                    if s.last_known.as_ref() != Some(&u) {
+                        if s.last_known.is_some() {
+                            s.count += 1;
+                            let now = Instant::now();
+                            s.last_at = Some((SystemTime::now(), now));
+                            let gap = lost_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+                            self.switch_seconds.observe(gap);
+                        }
+                        s.last_known = Some(u);
                     }
-                    s.last_known = Some(u);
                 }
             }
         }
@@ -185,6 +205,7 @@ impl Tracker {
             bad_gateway: load(&c.bad_gateway),
             gateway_timeout: load(&c.gateway_timeout),
             upgrades: load(&c.upgrades),
+            forwarded: load(&c.forwarded),
             open_connections: 0,
             refused_connections: 0,
         }

@@ -676,3 +676,120 @@ async fn a_websocket_outlives_the_response_and_idle_timeouts() {
         .unwrap();
     assert_eq!(back.into_text().unwrap().as_str(), "a:two");
 }
+
+/// One sample of Prometheus/OpenMetrics text: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of Prometheus/OpenMetrics text. Panics, naming the line, on anything that is
+/// not the format.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "no # EOF at the end:\n{text}");
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut samples = Vec::new();
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.splitn(3, ' ');
+            let kind = w.next().unwrap_or("");
+            let name = w.next().unwrap_or("");
+            assert!(
+                matches!(kind, "HELP" | "TYPE" | "UNIT") && name_ok(name),
+                "bad comment line {line:?}"
+            );
+            if kind == "TYPE" {
+                let t = w.next().unwrap_or("");
+                assert!(
+                    matches!(t, "counter" | "gauge" | "histogram" | "unknown" | "info"),
+                    "bad type in {line:?}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                let labels = inner
+                    .split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or_else(|| panic!("unquoted label value in {line:?}"));
+                        assert!(name_ok(k), "bad label name in {line:?}");
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect();
+                (name, labels)
+            }
+        };
+        assert!(name_ok(name), "bad metric name in {line:?}");
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let (proxy, tracker) = start_proxy(300).await;
+    tracker.set(Some(a));
+    for _ in 0..3 {
+        assert_eq!(get_path(proxy, "/api/status").await.status, StatusCode::OK);
+    }
+    tracker.set(None);
+    let r = get_path(proxy, "/api/status").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    tracker.set(Some(b));
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client
+        .get(
+            format!("http://{proxy}{}", proxy::metrics::METRICS_PATH)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let samples = parse_metrics(&text);
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name && label.is_none_or(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("no {name} {label:?} in:\n{text}"))
+    };
+    let outcome = |o| value("clusterlab_proxy_requests_total", Some(("outcome", o)));
+    assert_eq!(outcome("forwarded"), 3.0, "{text}");
+    assert_eq!(outcome("unavailable"), 1.0, "{text}");
+    assert_eq!(value("clusterlab_proxy_held_requests_total", None), 1.0);
+    assert_eq!(value("clusterlab_proxy_upstream_switches_total", None), 1.0);
+    assert_eq!(value("clusterlab_proxy_switch_seconds_count", None), 1.0);
+    // The gap without a leader lasted at least the held request's 300 ms.
+    assert!(
+        value("clusterlab_proxy_switch_seconds_sum", None) >= 0.3,
+        "{text}"
+    );
+    assert_eq!(value("clusterlab_proxy_has_leader", None), 1.0);
+    assert!(value("clusterlab_proxy_open_connections", None) >= 1.0);
+}

@@ -16,8 +16,9 @@
 //! leader's 101 the two connections are spliced, and the tunnel is closed when the leader
 //! changes, so clients reconnect to the new leader instead of talking to a dead one.
 
+use crate::limits::Slots;
 use crate::pool::Pool;
-use crate::upstream::{Counters, Tracker, Upstream};
+use crate::upstream::{Counters, Leader, Tracker, Upstream};
 use crate::Body;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -59,6 +60,17 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Pause between attempts on the same leader.
     pub retry_pause: Duration,
+    /// How long the leader may take to answer with a response head once it has the request
+    /// (a WebSocket's 101 included; the tunnel after it is not bounded). Past it: 504.
+    pub response_timeout: Duration,
+    /// A client's request head must be complete within this, counted from the accept or
+    /// from the end of the previous response (so idle keep-alive connections end after it).
+    pub header_timeout: Duration,
+    /// A client connection on which no byte moves either way for this long is closed (slow
+    /// request bodies, clients that stop reading). WebSocket tunnels are not bounded.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; beyond it new ones get a 503 and are closed.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -67,6 +79,10 @@ impl Default for Settings {
             hold: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             retry_pause: Duration::from_millis(50),
+            response_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
         }
     }
 }
@@ -86,9 +102,26 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
+/// True for the headers of [`HOP_BY_HOP`] (compared as parsed names: no hashing).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `upgrade`, `Upgrade` and `Connection: upgrade` are kept, since they are the request.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // The common case, one pass and no allocation: none of them is there.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -126,8 +159,8 @@ struct Template {
 }
 
 impl Template {
-    fn new(parts: &hyper::http::request::Parts, peer: SocketAddr, upgrade: bool) -> Template {
-        let mut headers = parts.headers.clone();
+    fn new(parts: hyper::http::request::Parts, peer: SocketAddr, upgrade: bool) -> Template {
+        let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade);
         // HTTP/2 clients send the authority in the URI; HTTP/1.1 upstreams need Host.
         if !headers.contains_key(header::HOST) {
@@ -156,7 +189,7 @@ impl Template {
             .map(|pq| Uri::from(pq.clone()))
             .unwrap_or_else(|| Uri::from_static("/"));
         Template {
-            method: parts.method.clone(),
+            method: parts.method,
             uri,
             headers,
         }
@@ -193,9 +226,9 @@ fn text_response(status: StatusCode, text: String) -> Response<Body> {
 }
 
 /// Resolves when the upstream is no longer `up` (checked at once, then on every change).
-async fn changed_away(rx: &mut watch::Receiver<Option<Upstream>>, up: &Upstream) {
+async fn changed_away(rx: &mut watch::Receiver<Option<Arc<Leader>>>, up: &Upstream) {
     loop {
-        if rx.borrow_and_update().as_ref() != Some(up) {
+        if rx.borrow_and_update().as_deref().map(|l| &l.up) != Some(up) {
             return;
         }
         if rx.changed().await.is_err() {
@@ -210,6 +243,7 @@ pub struct Proxy {
     tracker: Arc<Tracker>,
     pool: Arc<Pool>,
     settings: Settings,
+    slots: Arc<Slots>,
 }
 
 impl Proxy {
@@ -218,7 +252,17 @@ impl Proxy {
             tracker,
             pool: Arc::new(Pool::default()),
             settings,
+            slots: Slots::new(settings.max_connections),
         })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The cap on client connections and its counts.
+    pub fn slots(&self) -> &Arc<Slots> {
+        &self.slots
     }
 
     pub fn tracker(&self) -> &Arc<Tracker> {
@@ -245,8 +289,22 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
+        if req.uri().path() == crate::metrics::METRICS_PATH {
+            let mut r = text_response(
+                StatusCode::OK,
+                crate::metrics::render(&self.tracker, &self.slots),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            return Ok(r);
+        }
         if req.uri().path() == STATUS_PATH {
-            let body = serde_json::to_string_pretty(&self.tracker.report())
+            let mut report = self.tracker.report();
+            report.open_connections = self.slots.open() as u64;
+            report.refused_connections = self.slots.refused();
+            let body = serde_json::to_string_pretty(&report)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             let mut r = text_response(StatusCode::OK, body + "\n");
             r.headers_mut().insert(
@@ -282,12 +340,24 @@ impl Proxy {
         )
     }
 
+    fn gateway_timeout(&self, up: &Upstream) -> Response<Body> {
+        Counters::bump(&self.tracker.counters.gateway_timeout);
+        tracing::warn!(upstream = %up, "no response head within the response timeout");
+        text_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "504 Gateway Timeout: {up} did not answer within {:.1} s\n",
+                self.settings.response_timeout.as_secs_f64()
+            ),
+        )
+    }
+
     async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let retryable = is_idempotent(&parts.method) && body.is_end_stream();
-        let template = Template::new(&parts, peer, upgrade);
+        let template = Template::new(parts, peer, upgrade);
         // Sent once at most unless it comes back unsent; retryable requests send no body.
         let mut body: Option<Body> = (!retryable).then(|| body.boxed());
         let deadline = Instant::now() + self.settings.hold;
@@ -306,7 +376,7 @@ impl Proxy {
 
         loop {
             let current = rx.borrow_and_update().clone();
-            let Some(up) = current else {
+            let Some(leader) = current else {
                 hold(&last);
                 if tokio::time::timeout_at(deadline, rx.changed())
                     .await
@@ -316,17 +386,24 @@ impl Proxy {
                 }
                 continue;
             };
+            let up = &leader.up;
 
-            let checkout = tokio::select! {
-                r = self.pool.checkout(up.addr, self.settings.connect_timeout) => r,
-                _ = rx.changed() => continue,
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Name the last failure if there was one: it says more than a timeout.
-                    if last_addr == Some(up.addr) {
-                        return self.unavailable(&last);
+            // A ready keep-alive connection needs no waiting (and no timer); only a new
+            // connection is raced against a switch and the hold.
+            let checkout = match self.pool.take_idle(up.addr) {
+                Some(s) => Ok(s),
+                None => tokio::select! {
+                    biased;
+                    r = crate::pool::connect(up.addr, self.settings.connect_timeout) => r,
+                    _ = rx.changed() => continue,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        // Name the last failure if there was one: it says more than a timeout.
+                        if last_addr == Some(up.addr) {
+                            return self.unavailable(&last);
+                        }
+                        return self.unavailable(&format!("{up} did not accept a connection"));
                     }
-                    return self.unavailable(&format!("{up} did not accept a connection"));
-                }
+                },
             };
             let mut sender = match checkout {
                 Ok(s) => s,
@@ -352,9 +429,12 @@ impl Proxy {
                 (false, None) => return self.bad_gateway("the request body was lost"),
             };
             let mut inflight = std::pin::pin!(sender.try_send_request(template.request(send_body)));
+            let answer_by = Instant::now() + self.settings.response_timeout;
             let first = tokio::select! {
+                biased;
                 r = &mut inflight => Some(r),
-                _ = changed_away(&mut rx, &up) => None,
+                _ = changed_away(&mut rx, up) => None,
+                _ = tokio::time::sleep_until(answer_by) => return self.gateway_timeout(up),
             };
             let result = match first {
                 Some(r) => r,
@@ -364,8 +444,14 @@ impl Proxy {
                     Counters::bump(&self.tracker.counters.retries);
                     continue;
                 }
-                None => match tokio::time::timeout(self.settings.hold, &mut inflight).await {
+                None => match tokio::time::timeout_at(
+                    answer_by.min(Instant::now() + self.settings.hold),
+                    &mut inflight,
+                )
+                .await
+                {
                     Ok(r) => r,
+                    Err(_) if Instant::now() >= answer_by => return self.gateway_timeout(up),
                     Err(_) => {
                         return self.bad_gateway(&format!(
                             "the leader changed while {up} had the request; \
@@ -380,7 +466,7 @@ impl Proxy {
                     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                         self.pool.put(up.addr, sender);
                     }
-                    return self.respond(resp, up, client_upgrade);
+                    return self.respond(resp, &leader, client_upgrade);
                 }
                 Err(mut e) => {
                     if let Some(unsent) = e.take_message() {
@@ -418,27 +504,32 @@ impl Proxy {
     fn respond(
         &self,
         mut resp: Response<Incoming>,
-        up: Upstream,
+        leader: &Leader,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
-        let name = HeaderValue::from_str(&up.name).ok();
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return self.bad_gateway(&format!(
                     "{} switched protocols without being asked",
-                    up.name
+                    leader.name
                 ));
             };
             Counters::bump(&self.tracker.counters.upgrades);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let rx = self.tracker.subscribe();
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, rx, up));
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                rx,
+                leader.up.clone(),
+            ));
         } else {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
-        if let Some(name) = name {
-            resp.headers_mut().insert(UPSTREAM_HEADER, name);
+        if let Some(name) = &leader.header {
+            resp.headers_mut().insert(UPSTREAM_HEADER, name.clone());
         }
+        Counters::bump(&self.tracker.counters.forwarded);
         resp.map(|b| b.boxed())
     }
 }
@@ -448,7 +539,7 @@ impl Proxy {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    mut rx: watch::Receiver<Option<Upstream>>,
+    mut rx: watch::Receiver<Option<Arc<Leader>>>,
     up: Upstream,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -536,7 +627,7 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = req.into_parts();
-        let t = Template::new(&parts, "127.0.0.1:5555".parse().unwrap(), false);
+        let t = Template::new(parts, "127.0.0.1:5555".parse().unwrap(), false);
         let r = t.request(empty());
         assert_eq!(r.uri(), "/api/status?x=1");
         assert_eq!(r.headers()["host"], "example.test:8888");

@@ -14,12 +14,16 @@
 //! - [`gateway`]: etcd's HTTP/JSON gateway (`/v3/kv/range`, `/v3/watch`), read with hyper.
 //! - [`forward`]: forwarding one request: hold, retry, stream, WebSocket tunnels.
 //! - [`pool`]: keep-alive connections to upstreams.
+//! - [`limits`]: the cap on client connections, the header and idle timeouts.
+//! - [`metrics`]: `/__proxy/metrics` in Prometheus (OpenMetrics) text.
 //! - [`relay`]: a plain byte relay, the benchmark's floor for the cost of the extra hop.
 //! - [`serve`] / [`run`]: the accept loop and the whole proxy.
 
 pub mod follow;
 pub mod forward;
 pub mod gateway;
+pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod relay;
 pub mod upstream;
@@ -27,7 +31,7 @@ pub mod upstream;
 pub use forward::{Proxy, Settings, STATUS_PATH, UPSTREAM_HEADER};
 pub use upstream::{StatusReport, Tracker, Upstream};
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::path::PathBuf;
@@ -107,10 +111,22 @@ pub async fn run(config: ProxyConfig, listener: TcpListener, shutdown: impl Futu
 }
 
 /// Accepts connections and answers them with `proxy` until `shutdown` resolves; then lets
-/// open connections finish (bounded) and returns.
+/// open connections finish (bounded) and returns. The proxy's settings bound every client
+/// connection: the cap on open ones, the header timeout and the idle timeout.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let settings = *proxy.settings();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(settings.idle_timeout)
+        .keep_alive_timeout(settings.header_timeout);
+    let slots = proxy.slots().clone();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -125,14 +141,25 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 }
             },
         };
+        let Some(slot) = slots.take() else {
+            refuse(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let activity = limits::Activity::new();
+        let io = limits::Watched::new(stream, activity.clone(), Some(slot));
         let proxy = proxy.clone();
         let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended");
+                },
+                why = limits::watchdog(&activity, settings.header_timeout, settings.idle_timeout) => {
+                    tracing::debug!(%peer, ?why, "closing a client connection");
+                }
             }
         });
     }
@@ -143,4 +170,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     {
         tracing::warn!("connections still open after the shutdown grace period");
     }
+}
+
+/// Tells a connection beyond the cap why it is closed, without waiting on it (a full send
+/// buffer on a fresh socket is not worth a task; the close is what protects the proxy).
+fn refuse(stream: tokio::net::TcpStream) {
+    let _ = stream.try_write(limits::REFUSAL);
 }

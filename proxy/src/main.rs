@@ -39,6 +39,26 @@ struct Args {
     /// Limit of one connection attempt to the leader, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     connect_timeout_ms: u64,
+    /// Seconds the leader may take to send a response head once it has the request; past
+    /// it the client gets 504 naming the leader. WebSocket tunnels are not bounded by it.
+    #[arg(long, default_value_t = 30.0)]
+    response_timeout_s: f64,
+    /// Seconds a client has to send a complete request head, counted from the accept or the
+    /// end of the previous response (so it also closes idle keep-alive connections).
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout_s: f64,
+    /// Seconds a client connection may go with no byte moving either way before it is closed
+    /// (slow request bodies, clients that stop reading); WebSocket tunnels are exempt.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout_s: f64,
+    /// Threads that serve requests. 1 (the default) runs everything on one thread with no
+    /// work stealing and no cross-thread wake-ups, as nginx's single worker does: the least
+    /// CPU per request, and far more throughput than the leader service can use.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Client connections open at once; beyond it a new one is answered 503 and closed.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Benchmark aid, not a gateway: copy the bytes of every connection to this fixed
     /// address with no HTTP handling and no leader following (`harness bench proxy` uses it
     /// to measure what the extra network hop alone costs).
@@ -46,13 +66,46 @@ struct Args {
     relay_to: Option<SocketAddr>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     clusterlab_core::init_tracing();
     anyhow::ensure!(
+        (1..=256).contains(&args.threads),
+        "--threads must be 1 to 256, not {}",
+        args.threads
+    );
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
         args.hold_s.is_finite() && args.hold_s >= 0.0,
         "--hold-s must be a non-negative number of seconds"
+    );
+    let seconds = |name: &str, v: f64| -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v <= 86_400.0,
+            "--{name} must be a positive number of seconds (at most a day), not {v}"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    let response_timeout = seconds("response-timeout-s", args.response_timeout_s)?;
+    let header_timeout = seconds("header-timeout-s", args.header_timeout_s)?;
+    let idle_timeout = seconds("idle-timeout-s", args.idle_timeout_s)?;
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
     );
     if let Some(to) = args.relay_to {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -85,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
         settings: proxy::Settings {
             hold: Duration::from_secs_f64(args.hold_s),
             connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+            response_timeout,
+            header_timeout,
+            idle_timeout,
+            max_connections: args.max_connections,
             ..proxy::Settings::default()
         },
     };

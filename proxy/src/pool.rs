@@ -57,7 +57,8 @@ impl Pool {
         connect(addr, connect_timeout).await
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    /// A ready idle connection to `addr`, if there is one.
+    pub fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
         prune(list);
@@ -97,7 +98,8 @@ fn prune(list: &mut Vec<Idle>) {
     list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < MAX_IDLE);
 }
 
-async fn connect(
+/// A new connection to `addr`, within `timeout`.
+pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<http1::SendRequest<Body>, ConnectError> {

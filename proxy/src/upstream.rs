@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -21,6 +21,28 @@ pub struct Upstream {
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} at {}", self.name, self.addr)
+    }
+}
+
+/// The current upstream as requests read it: shared, with its response header made once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leader {
+    pub up: Upstream,
+    /// The value of the `x-clusterlab-upstream` response header (its name), if it is one.
+    pub header: Option<hyper::header::HeaderValue>,
+}
+
+impl Leader {
+    fn new(up: Upstream) -> Leader {
+        let header = hyper::header::HeaderValue::from_str(&up.name).ok();
+        Leader { up, header }
+    }
+}
+
+impl std::ops::Deref for Leader {
+    type Target = Upstream;
+    fn deref(&self) -> &Upstream {
+        &self.up
     }
 }
 
@@ -39,6 +61,10 @@ pub struct Counters {
     pub bad_gateway: AtomicU64,
     /// WebSocket (and other upgraded) connections tunnelled.
     pub upgrades: AtomicU64,
+    /// Requests answered 504 because the leader sent no response head in time.
+    pub gateway_timeout: AtomicU64,
+    /// Requests answered by a leader (whatever its status).
+    pub forwarded: AtomicU64,
 }
 
 impl Counters {
@@ -53,15 +79,19 @@ struct Switches {
     last_at: Option<(SystemTime, Instant)>,
     /// The last leader that was known, kept through a spell of "no leader".
     last_known: Option<Upstream>,
+    /// Since when no leader is known, if none is.
+    lost_at: Option<Instant>,
 }
 
 /// The current upstream, its history and the counters.
 #[derive(Debug)]
 pub struct Tracker {
     source: String,
-    tx: watch::Sender<Option<Upstream>>,
+    tx: watch::Sender<Option<Arc<Leader>>>,
     switches: Mutex<Switches>,
     pub counters: Counters,
+    /// Seconds from losing a leader to adopting the next one (0 for a direct handover).
+    pub switch_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The JSON of `/__proxy/status`.
@@ -80,7 +110,14 @@ pub struct StatusReport {
     pub retries: u64,
     pub unavailable: u64,
     pub bad_gateway: u64,
+    pub gateway_timeout: u64,
+    /// Requests answered by a leader.
+    pub forwarded: u64,
     pub upgrades: u64,
+    /// Client connections open now (filled in by the proxy).
+    pub open_connections: u64,
+    /// Client connections refused at the cap since start (filled in by the proxy).
+    pub refused_connections: u64,
 }
 
 impl Tracker {
@@ -91,6 +128,9 @@ impl Tracker {
             tx: watch::channel(None).0,
             switches: Mutex::new(Switches::default()),
             counters: Counters::default(),
+            switch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.05, 2.0, 10),
+            ),
         }
     }
 
@@ -98,10 +138,10 @@ impl Tracker {
     /// leader is not a switch; adopting a different leader is.
     pub fn set(&self, up: Option<Upstream>) -> bool {
         let changed = self.tx.send_if_modified(|cur| {
-            if *cur == up {
+            if cur.as_deref().map(|l| &l.up) == up.as_ref() {
                 false
             } else {
-                *cur = up.clone();
+                *cur = up.clone().map(|u| Arc::new(Leader::new(u)));
                 true
             }
         });
@@ -110,14 +150,23 @@ impl Tracker {
                 Some(u) => tracing::info!(upstream = %u, "upstream set"),
                 None => tracing::warn!("no leader known: holding requests"),
             }
-            if let Some(u) = up {
-                let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
-                if s.last_known.as_ref() != Some(&u) {
-                    if s.last_known.is_some() {
-                        s.count += 1;
-                        s.last_at = Some((SystemTime::now(), Instant::now()));
+            let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+            match up {
+                None => {
+                    s.lost_at.get_or_insert_with(Instant::now);
+                }
+                Some(u) => {
+                    let lost_at = s.lost_at.take();
+                    if s.last_known.as_ref() != Some(&u) {
+                        if s.last_known.is_some() {
+                            s.count += 1;
+                            let now = Instant::now();
+                            s.last_at = Some((SystemTime::now(), now));
+                            let gap = lost_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+                            self.switch_seconds.observe(gap);
+                        }
+                        s.last_known = Some(u);
                     }
-                    s.last_known = Some(u);
                 }
             }
         }
@@ -126,11 +175,11 @@ impl Tracker {
 
     /// The upstream now.
     pub fn current(&self) -> Option<Upstream> {
-        self.tx.borrow().clone()
+        self.tx.borrow().as_deref().map(|l| l.up.clone())
     }
 
     /// A receiver that sees every change.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Upstream>> {
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Leader>>> {
         self.tx.subscribe()
     }
 
@@ -154,7 +203,11 @@ impl Tracker {
             retries: load(&c.retries),
             unavailable: load(&c.unavailable),
             bad_gateway: load(&c.bad_gateway),
+            gateway_timeout: load(&c.gateway_timeout),
             upgrades: load(&c.upgrades),
+            forwarded: load(&c.forwarded),
+            open_connections: 0,
+            refused_connections: 0,
         }
     }
 }
@@ -198,7 +251,10 @@ mod tests {
         let mut rx = t.subscribe();
         t.set(up("node2", 8888));
         rx.changed().await.unwrap();
-        assert_eq!(*rx.borrow_and_update(), up("node2", 8888));
+        let now = rx.borrow_and_update().as_deref().map(|l| l.up.clone());
+        assert_eq!(now, up("node2", 8888));
+        let header = rx.borrow().as_ref().and_then(|l| l.header.clone());
+        assert_eq!(header.unwrap(), "node2");
     }
 
     #[test]

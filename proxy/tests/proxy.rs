@@ -131,12 +131,24 @@ async fn closed_port() -> SocketAddr {
 }
 
 async fn start_proxy(hold_ms: u64) -> (SocketAddr, Arc<Tracker>) {
-    let tracker = Arc::new(Tracker::new("test"));
-    let settings = Settings {
+    start_proxy_with(Settings {
         hold: Duration::from_millis(hold_ms),
+        ..test_settings()
+    })
+    .await
+}
+
+/// Short timeouts for tests.
+fn test_settings() -> Settings {
+    Settings {
         connect_timeout: Duration::from_millis(300),
         retry_pause: Duration::from_millis(20),
-    };
+        ..Settings::default()
+    }
+}
+
+async fn start_proxy_with(settings: Settings) -> (SocketAddr, Arc<Tracker>) {
+    let tracker = Arc::new(Tracker::new("test"));
     let proxy = Proxy::new(tracker.clone(), settings);
     tokio::spawn(proxy.clone().prune_on_switch());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -384,4 +396,400 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     }
     assert_eq!(get_path(addr, "/slow").await.body.len(), 40);
     assert_eq!(proxy.pool().idle_count(), 1, "connections were not reused");
+}
+
+/// What a slow client saw of its connection.
+#[derive(Debug)]
+struct Cut {
+    /// From connect to the proxy closing the connection; `None` if it stayed open.
+    after: Option<Duration>,
+    /// Bytes of the request head it got to send.
+    sent: usize,
+}
+
+/// A slowloris client: sends a never-ending request head one byte every `pace`, until the
+/// proxy closes the connection or `give_up` passes.
+async fn slowloris(proxy: SocketAddr, pace: Duration, give_up: Duration) -> Cut {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let head = b"GET /api/status HTTP/1.1\r\nHost: proxy\r\nX-Padding: ";
+    let mut sent = 0;
+    let mut buf = [0u8; 512];
+    loop {
+        if t.elapsed() > give_up {
+            return Cut { after: None, sent };
+        }
+        let byte = head.get(sent).copied().unwrap_or(b'a');
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return Cut { after: Some(t.elapsed()), sent },
+                // An answer (an error status) may come before the close.
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep(pace) => {
+                if s.write_all(&[byte]).await.is_err() {
+                    return Cut { after: Some(t.elapsed()), sent };
+                }
+                sent += 1;
+            }
+        }
+    }
+}
+
+/// Polls the proxy's status until `check` holds on it, for at most 5 s.
+async fn wait_status(proxy: SocketAddr, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let t = Instant::now();
+    loop {
+        let s = status(proxy).await;
+        if check(&s) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what}; last status: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_off_at_the_header_timeout_while_others_are_served() {
+    let a = start_upstream("a").await;
+    let header = Duration::from_millis(600);
+    let (proxy, tracker) = start_proxy_with(Settings {
+        header_timeout: header,
+        idle_timeout: Duration::from_secs(30),
+        max_connections: 200,
+        ..test_settings()
+    })
+    .await;
+    tracker.set(Some(a));
+    let pace = Duration::from_millis(40);
+    let attackers: Vec<_> = (0..60)
+        .map(|_| tokio::spawn(slowloris(proxy, pace, Duration::from_secs(8))))
+        .collect();
+    // While they trickle, a normal client is served at once.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = get_path(proxy, "/api/status").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    for a in attackers {
+        let cut = a.await.unwrap();
+        let after = cut
+            .after
+            .unwrap_or_else(|| panic!("a slowloris stayed connected: {cut:?}"));
+        assert!(
+            after >= header - Duration::from_millis(50) && after < header * 3,
+            "cut after {after:?} (header timeout {header:?}): {cut:?}"
+        );
+        // Still sending its head when cut: the timeout, not the end of the head, ended it.
+        assert!(cut.sent >= 5, "{cut:?}");
+    }
+    wait_status(proxy, "every slow connection freed its place", |s| {
+        s["open_connections"] == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let header = Duration::from_millis(400);
+    let (proxy, _tracker) = start_proxy_with(Settings {
+        header_timeout: header,
+        ..test_settings()
+    })
+    .await;
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was not closed: {r:?}"
+    );
+    assert!(
+        t.elapsed() >= header - Duration::from_millis(50),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = start_upstream("a").await;
+    let idle = Duration::from_millis(500);
+    let (proxy, tracker) = start_proxy_with(Settings {
+        idle_timeout: idle,
+        response_timeout: Duration::from_secs(20),
+        ..test_settings()
+    })
+    .await;
+    tracker.set(Some(a));
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "the stalled connection stayed open");
+    assert!(
+        t.elapsed() >= idle - Duration::from_millis(50),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_never_answering_upstream_gives_504_naming_it() {
+    // Accepts and reads, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let bound = Duration::from_millis(500);
+    let (proxy, tracker) = start_proxy_with(Settings {
+        response_timeout: bound,
+        ..test_settings()
+    })
+    .await;
+    tracker.set(Some(Upstream {
+        name: "mute".into(),
+        addr,
+    }));
+    for method in [Method::GET, Method::POST] {
+        let t = Instant::now();
+        let r = request(proxy, method.clone(), "/api/status", "x").await;
+        let took = t.elapsed();
+        assert_eq!(
+            r.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{method}: {}",
+            r.body
+        );
+        assert!(
+            r.body.contains(&format!("mute at {addr}")),
+            "{method}: {}",
+            r.body
+        );
+        assert!(
+            took >= bound && took < bound + Duration::from_secs(2),
+            "{method}: answered after {took:?}"
+        );
+    }
+    assert_eq!(status(proxy).await["gateway_timeout"], 2);
+}
+
+/// GET /api/status on a connection of its own, as plain bytes: the whole answer.
+async fn raw_get(proxy: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    // The proxy may answer and close before the request is written: that is fine.
+    let _ = s
+        .write_all(b"GET /api/status HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "no answer within 5 s");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds_and_frees() {
+    use tokio::io::AsyncReadExt;
+    let a = start_upstream("a").await;
+    let (proxy, tracker) = start_proxy_with(Settings {
+        max_connections: 3,
+        ..test_settings()
+    })
+    .await;
+    tracker.set(Some(a));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
+    }
+    // The fourth is told why and closed, without the proxy waiting for it to speak.
+    let mut extra = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), extra.read_to_end(&mut got))
+        .await
+        .expect("the connection beyond the cap was closed")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+    assert!(got.contains("too many connections"), "{got}");
+    // A real request beyond the cap gets the 503 too.
+    assert!(raw_get(proxy).await.starts_with("HTTP/1.1 503 "));
+    // One closes: the next client is served.
+    drop(held.pop());
+    let t = Instant::now();
+    loop {
+        let r = raw_get(proxy).await;
+        if r.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "still refused: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = status(proxy).await;
+    assert!(s["refused_connections"].as_u64().unwrap() >= 2, "{s}");
+}
+
+#[tokio::test]
+async fn a_websocket_outlives_the_response_and_idle_timeouts() {
+    let a = start_upstream("a").await;
+    let (proxy, tracker) = start_proxy_with(Settings {
+        response_timeout: Duration::from_millis(200),
+        header_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(300),
+        ..test_settings()
+    })
+    .await;
+    tracker.set(Some(a));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/ws/echo"))
+        .await
+        .unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "a:one");
+    // Silent for longer than every timeout: the tunnel is still there.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    ws.send(Message::text("two")).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("the tunnel answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "a:two");
+}
+
+/// One sample of Prometheus/OpenMetrics text: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of Prometheus/OpenMetrics text. Panics, naming the line, on anything that is
+/// not the format.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "no # EOF at the end:\n{text}");
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut samples = Vec::new();
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.splitn(3, ' ');
+            let kind = w.next().unwrap_or("");
+            let name = w.next().unwrap_or("");
+            assert!(
+                matches!(kind, "HELP" | "TYPE" | "UNIT") && name_ok(name),
+                "bad comment line {line:?}"
+            );
+            if kind == "TYPE" {
+                let t = w.next().unwrap_or("");
+                assert!(
+                    matches!(t, "counter" | "gauge" | "histogram" | "unknown" | "info"),
+                    "bad type in {line:?}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+                let labels = inner
+                    .split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or_else(|| panic!("unquoted label value in {line:?}"));
+                        assert!(name_ok(k), "bad label name in {line:?}");
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect();
+                (name, labels)
+            }
+        };
+        assert!(name_ok(name), "bad metric name in {line:?}");
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let (proxy, tracker) = start_proxy(300).await;
+    tracker.set(Some(a));
+    for _ in 0..3 {
+        assert_eq!(get_path(proxy, "/api/status").await.status, StatusCode::OK);
+    }
+    tracker.set(None);
+    let r = get_path(proxy, "/api/status").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    tracker.set(Some(b));
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client
+        .get(
+            format!("http://{proxy}{}", proxy::metrics::METRICS_PATH)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let samples = parse_metrics(&text);
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name && label.is_none_or(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("no {name} {label:?} in:\n{text}"))
+    };
+    let outcome = |o| value("clusterlab_proxy_requests_total", Some(("outcome", o)));
+    assert_eq!(outcome("forwarded"), 3.0, "{text}");
+    assert_eq!(outcome("unavailable"), 1.0, "{text}");
+    assert_eq!(value("clusterlab_proxy_held_requests_total", None), 1.0);
+    assert_eq!(value("clusterlab_proxy_upstream_switches_total", None), 1.0);
+    assert_eq!(value("clusterlab_proxy_switch_seconds_count", None), 1.0);
+    // The gap without a leader lasted at least the held request's 300 ms.
+    assert!(
+        value("clusterlab_proxy_switch_seconds_sum", None) >= 0.3,
+        "{text}"
+    );
+    assert_eq!(value("clusterlab_proxy_has_leader", None), 1.0);
+    assert!(value("clusterlab_proxy_open_connections", None) >= 1.0);
 }

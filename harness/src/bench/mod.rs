@@ -42,6 +42,15 @@ pub enum BenchError {
     /// Figures measured against a leader that stopped being the leader mean nothing.
     #[error("the leader changed during the benchmark ({from} → {to:?}); run it again")]
     LeaderChanged { from: String, to: Option<String> },
+    /// A program a benchmark runs on the host is not installed.
+    #[error("`{tool}` is not on PATH; install the Debian package {package} (see the README's Benchmarks)")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    /// A program a benchmark runs on the host failed.
+    #[error("{what}: {detail}")]
+    Tool { what: String, detail: String },
 }
 
 /// What `harness bench failover` and `harness bench proxy` run on.

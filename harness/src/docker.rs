@@ -28,6 +28,9 @@ pub enum HarnessError {
     /// A cluster name that cannot prefix Docker object names.
     #[error(transparent)]
     BadClusterName(#[from] crate::names::BadClusterName),
+    /// The host could not be shut off from a graded cluster's bridge.
+    #[error(transparent)]
+    Firewall(#[from] crate::cluster::firewall::FirewallError),
     /// A submission's folder could not be packed as a build context.
     #[error(transparent)]
     Context(#[from] crate::grade::runner::ContextError),

@@ -7,6 +7,7 @@
 //! - [`objects`]: the owner of a cluster's Docker objects and per-container specs.
 //! - [`status`]: node and cluster status, the status table, the etcd member probe.
 
+pub mod firewall;
 pub mod objects;
 pub mod status;
 

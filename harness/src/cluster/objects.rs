@@ -148,6 +148,13 @@ impl ContainerSpec {
                 cap_add: nonempty(&self.cap_add),
                 cap_drop: c.map(|_| vec!["ALL".to_string()]),
                 security_opt: c.map(|_| vec!["no-new-privileges".to_string()]),
+                // No IPv6 at all: the host's firewall rule for a graded bridge is IPv4's.
+                sysctls: c.map(|_| {
+                    HashMap::from([(
+                        "net.ipv6.conf.all.disable_ipv6".to_string(),
+                        "1".to_string(),
+                    )])
+                }),
                 memory: c.map(|c| c.memory_bytes),
                 memory_swap: c.map(|c| c.memory_bytes),
                 pids_limit: c.map(|c| c.pids),
@@ -328,6 +335,13 @@ impl ClusterObjects {
                 name: name.clone(),
                 driver: Some("bridge".into()),
                 internal: self.internal.then_some(true),
+                // An internal network's bridge gets a name the host's firewall rule can use.
+                options: self.internal.then(|| {
+                    HashMap::from([(
+                        super::firewall::BRIDGE_NAME_OPTION.to_string(),
+                        super::firewall::bridge_name(&name),
+                    )])
+                }),
                 ipam: Some(Ipam {
                     driver: Some("default".into()),
                     config: Some(vec![IpamConfig {
@@ -342,6 +356,15 @@ impl ClusterObjects {
             })
             .await;
         match r {
+            Ok(_) if self.internal => {
+                // Nodes may answer the host, never open a connection to it.
+                let bridge = super::firewall::bridge_name(&name);
+                if let Err(e) = super::firewall::shut(&bridge).await {
+                    let _ = self.docker.remove_network(&name).await;
+                    return Err(e.into());
+                }
+                Ok(())
+            }
             Ok(_) => Ok(()),
             Err(e) => {
                 let used = used_subnets(&self.docker).await.unwrap_or_default();
@@ -620,7 +643,13 @@ impl ClusterObjects {
                             )
                             .await
                     }
-                    ObjectKind::Network => self.docker.remove_network(obj).await,
+                    ObjectKind::Network => {
+                        let r = self.docker.remove_network(obj).await;
+                        if r.is_ok() || r.as_ref().is_err_and(is_not_found) {
+                            super::firewall::open(&super::firewall::bridge_name(obj)).await;
+                        }
+                        r
+                    }
                     ObjectKind::Volume => {
                         self.docker
                             .remove_volume(obj, Some(RemoveVolumeOptions { force: true }))
@@ -948,6 +977,10 @@ mod tests {
         assert_eq!(hc.cap_drop.unwrap(), ["ALL"]);
         assert_eq!(hc.cap_add.unwrap(), ["SETUID"]);
         assert_eq!(hc.security_opt.unwrap(), ["no-new-privileges"]);
+        assert_eq!(
+            hc.sysctls.unwrap().get("net.ipv6.conf.all.disable_ipv6"),
+            Some(&"1".to_string())
+        );
         assert_eq!(hc.memory, Some(64 << 20));
         // No swap beyond the memory limit.
         assert_eq!(hc.memory_swap, Some(64 << 20));

@@ -466,6 +466,42 @@ async fn isolation(
         out.stderr
     );
     println!("node0 to {out_ip}: {}", out.stdout.trim());
+    // Nor does it open a connection to the host itself: a listener on every address of the
+    // host, tried at the bridge's own address, stays unreached (the host's INPUT rule for
+    // the cluster's bridge), while the host's own connections to the node worked above.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+    let port = listener.local_addr()?.port();
+    let host_ip = plan.subnet.bridge_gateway();
+    let to_host = format!(
+        "import socket\ntry:\n    socket.create_connection(('{host_ip}', {port}), timeout=3).close()\n    print('connected')\nexcept OSError as e:\n    print('failed', e)\n"
+    );
+    let host = sub.exec(&node, &["python3", "-c", &to_host]).await?;
+    ensure!(
+        host.stdout.starts_with("failed"),
+        "node0 reached the host at {host_ip}:{port}: {}{}",
+        host.stdout,
+        host.stderr
+    );
+    println!(
+        "node0 to the host at {host_ip}:{port}: {}",
+        host.stdout.trim()
+    );
+    let bridge = harness::cluster::firewall::bridge_name(&sub.names().network());
+    let rule = |op: &str| {
+        std::process::Command::new("iptables")
+            .args(harness::cluster::firewall::iptables_args(op, &bridge))
+            .output()
+            .map(|o| o.status.success())
+    };
+    ensure!(
+        rule("-C")?,
+        "no INPUT rule for {bridge} while the cluster runs"
+    );
     sub.down().await?;
+    ensure!(
+        !rule("-C")?,
+        "the INPUT rule for {bridge} outlived the cluster"
+    );
+    drop(listener);
     Ok(())
 }

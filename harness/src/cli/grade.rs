@@ -10,7 +10,7 @@ pub struct GradeArgs {
     /// The grading profile (default: profiles/clusterlab.toml, which grades clusterlab).
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Directory for report.json and junit.xml.
+    /// Directory for report.json, junit.xml and results.json.
     #[arg(long, default_value = "grade-report")]
     pub report: PathBuf,
     /// Grade this local image instead of the profile's submission.
@@ -70,9 +70,16 @@ pub async fn run(a: GradeArgs) -> anyhow::Result<()> {
         };
         print!("\n{}", crate::grade::report::summary_table(report));
         println!(
-            "reports: {} and {}",
+            "reports: {}, {} and {} (score {} of {})",
             dir.join("report.json").display(),
-            dir.join("junit.xml").display()
+            dir.join("junit.xml").display(),
+            dir.join("results.json").display(),
+            crate::grade::report::gradescope_results(report).score,
+            report
+                .scenarios
+                .iter()
+                .map(|s| report.weight(&s.name))
+                .sum::<f64>()
         );
         not_passed += report.failed + report.errors;
     }

@@ -11,11 +11,13 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod faults;
 mod grade;
+mod node;
 
 pub use bench::{
     BenchClusterArgs, BenchCommand, BenchFailoverArgs, BenchHostsArgs, BenchProxyArgs,
 };
 pub use faults::{HealArgs, PartitionArgs};
+pub use node::{LogsArgs, SshArgs, CLUSTER_USER};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ use std::time::Duration;
 ///   harness up                 # builds what is missing, starts 3 nodes, prints the status
 ///   harness status             # etcd's own view and the /clusterlab/ keys
 ///   harness kill leader        # SIGKILL the raft leader's container
+///   harness ssh node1          # a shell on node1 as the cluster user admin
+///   harness logs node1         # its agent's and plugins' output
 ///   harness start node1        # bring a node back with its identity
 ///   harness down               # remove every container, network and volume of the cluster
 #[derive(Parser, Debug)]
@@ -58,8 +62,15 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Grade a submission of the assignment (or clusterlab itself) with a profile: every
-    /// scenario once on a fresh cluster; writes report.json and junit.xml.
+    /// scenario once on a fresh cluster; writes report.json, junit.xml and results.json.
     Grade(grade::GradeArgs),
+    /// A login shell (or a command) on a node as the cluster user `admin`, directly or
+    /// over the cluster's own SSH from another node (--via).
+    #[command(long_about = node::SSH_HELP, verbatim_doc_comment)]
+    Ssh(SshArgs),
+    /// A node's output: the agent's log with every plugin's lines (--plugin NAME to filter).
+    #[command(long_about = node::LOGS_HELP, verbatim_doc_comment)]
+    Logs(LogsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -185,6 +196,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grade(a) => grade::run(a).await?,
         Command::Partition(a) => faults::run_partition(a).await?,
         Command::Heal(a) => faults::run_heal(a).await?,
+        Command::Ssh(a) => node::run_ssh(a).await?,
+        Command::Logs(a) => node::run_logs(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
             let n = cluster::down(&docker, &a.name).await?;

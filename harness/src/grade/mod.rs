@@ -1,6 +1,6 @@
 //! `harness grade`: runs every scenario once against a submission of the assignment (or
 //! clusterlab itself), each on a fresh cluster with its own time bounds and cleanup, and
-//! writes report.json and junit.xml. What is judged is only what can be seen from outside;
+//! writes report.json, junit.xml and results.json. What is judged is only what can be seen from outside;
 //! docs/GRADING.md describes it and every profile field.
 //!
 //! # Layout
@@ -9,7 +9,7 @@
 //!   (created through [`crate::cluster::ClusterObjects`]), and the outside probes.
 //! - [`judge`]: hosts tables, etcd's leader and the leader service, judged as plain functions.
 //! - [`scenarios`]: startup, kill_follower, kill_leader.
-//! - [`report`]: report.json, junit.xml and the summary table.
+//! - [`report`]: report.json, junit.xml, results.json (Gradescope) and the summary table.
 //! - [`text`]: the one filter for text that came from a submission (escape sequences and
 //!   control characters), applied before anything reaches a reason, a report or the
 //!   terminal.
@@ -87,6 +87,7 @@ pub async fn grade(
     profile_file: &str,
     opts: &GradeOptions,
 ) -> Result<GradeReport, GradeError> {
+    let started = std::time::Instant::now();
     let prefix = opts
         .cluster_prefix
         .clone()
@@ -152,7 +153,9 @@ pub async fn grade(
                     &plan.subnet.to_string(),
                     reports,
                 )
-                .cleaned());
+                .cleaned()
+                .with_weights(&profile.weights)
+                .with_seconds(started.elapsed()));
             }
         };
     // The gateway's image; when it cannot be had, the gateway scenario alone is an error.
@@ -221,7 +224,9 @@ pub async fn grade(
         &plan.subnet.to_string(),
         reports,
     )
-    .cleaned())
+    .cleaned()
+    .with_weights(&profile.weights)
+    .with_seconds(started.elapsed()))
 }
 
 /// The image of the profile's `[gateway]`: a local image, a folder built on the base image

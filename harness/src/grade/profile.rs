@@ -164,6 +164,13 @@ pub enum ProfileError {
         key: &'static str,
         reason: String,
     },
+    /// A `[weights]` entry that names no scenario or is not a usable number.
+    #[error("grading profile {file}: `weights.{key}` {reason}")]
+    Weight {
+        file: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// How to run and judge one submission.
@@ -184,6 +191,10 @@ pub struct Profile {
     /// The submission's own forwarder, graded by the `gateway` scenario when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayTemplate>,
+    /// Points per scenario (scenario name → non-negative number); a scenario not named
+    /// here is worth 1. They become `max_score` in results.json.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, f64>,
 }
 
 /// Placeholders a gateway's command, entrypoint and environment may use: the cluster's
@@ -391,6 +402,7 @@ impl Default for Profile {
             limits: Limits::default(),
             scenarios: ScenarioSwitches::default(),
             gateway: None,
+            weights: BTreeMap::new(),
         }
     }
 }
@@ -645,7 +657,37 @@ impl Profile {
                 return invalid("node.cap_add", reason);
             }
         }
+        self.validate_weights(file)?;
         self.validate_additions(file)
+    }
+
+    /// Checks `[weights]`: every key a scenario's name, every value a finite number ≥ 0.
+    fn validate_weights(&self, file: &str) -> Result<(), ProfileError> {
+        let known: Vec<&str> = super::scenarios::Scenario::ALL
+            .iter()
+            .map(|s| s.name())
+            .collect();
+        for (key, &w) in &self.weights {
+            let bad = |reason: String| {
+                Err(ProfileError::Weight {
+                    file: file.to_string(),
+                    key: key.clone(),
+                    reason,
+                })
+            };
+            if !known.contains(&key.as_str()) {
+                return bad(format!("names no scenario; known: {}", known.join(", ")));
+            }
+            if !w.is_finite() || w < 0.0 {
+                return bad(format!("is {w}; give a number of points, 0 or more"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The points scenario `name` is worth: its `[weights]` entry, else 1.
+    pub fn weight(&self, name: &str) -> f64 {
+        self.weights.get(name).copied().unwrap_or(1.0)
     }
 
     /// Checks the scenario switches, the shared table and the gateway.
@@ -1157,6 +1199,40 @@ dead_node_s = 20
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn weights_default_to_one_and_name_only_scenarios() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                &format!("{GOOD}\n[weights]\nkill_leader = 3\nscale = 0.5\nstartup = 0\n"),
+            )?;
+            let p = Profile::load(Path::new("p.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(p.weight("kill_leader"), 3.0);
+            assert_eq!(p.weight("scale"), 0.5);
+            assert_eq!(p.weight("startup"), 0.0);
+            assert_eq!(p.weight("kill_follower"), 1.0);
+            jail.create_file("q.toml", &format!("{GOOD}\n[weights]\nkil_leader = 2\n"))?;
+            let e = Profile::load(Path::new("q.toml")).unwrap_err().to_string();
+            assert!(
+                e.contains("`weights.kil_leader`")
+                    && e.contains("q.toml")
+                    && e.contains("kill_leader"),
+                "{e}"
+            );
+            jail.create_file("r.toml", &format!("{GOOD}\n[weights]\nscale = -1\n"))?;
+            let e = Profile::load(Path::new("r.toml")).unwrap_err().to_string();
+            assert!(e.contains("`weights.scale`") && e.contains("r.toml"), "{e}");
+            jail.create_file("s.toml", &format!("{GOOD}\n[weights]\nscale = nan\n"))?;
+            let e = Profile::load(Path::new("s.toml")).unwrap_err().to_string();
+            assert!(e.contains("`weights.scale`"), "{e}");
+            jail.create_file("t.toml", &format!("{GOOD}\n[weights]\nscale = \"two\"\n"))?;
+            let e = Profile::load(Path::new("t.toml")).unwrap_err().to_string();
+            assert!(e.contains("weights.scale") && e.contains("t.toml"), "{e}");
+            Ok(())
+        });
+        assert!(Profile::default().weights.is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Grading reports: report.json (everything, for tools), junit.xml (for CI systems that read
-//! JUnit) and the summary table printed at the end of `harness grade`. Writing them is pure
+//! JUnit), results.json (Gradescope's autograder format, with the profile's weights as
+//! points) and the summary table printed at the end of `harness grade`. Writing them is pure
 //! text work, tested here; only [`write_reports`] touches the file system.
 
 use super::text::clean;
@@ -80,6 +81,13 @@ pub struct GradeReport {
     pub failed: usize,
     pub errors: usize,
     pub scenarios: Vec<ScenarioReport>,
+    /// Points of each scenario of the run (the profile's `[weights]`, 1 when not named).
+    #[serde(default)]
+    pub weights: BTreeMap<String, f64>,
+    /// Wall time of the whole run in seconds; 0 when not measured (then results.json
+    /// takes the sum of the scenarios' times).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 impl GradeReport {
@@ -102,7 +110,34 @@ impl GradeReport {
             failed: count(Status::Failed),
             errors: count(Status::Error),
             scenarios,
+            weights: BTreeMap::new(),
+            seconds: 0.0,
         }
+    }
+
+    /// The report with each scenario's points taken from `weights` (1 when not named).
+    pub fn with_weights(mut self, weights: &BTreeMap<String, f64>) -> Self {
+        self.weights = self
+            .scenarios
+            .iter()
+            .map(|s| (s.name.clone(), weights.get(&s.name).copied().unwrap_or(1.0)))
+            .collect();
+        self
+    }
+
+    /// The report with the run's wall time.
+    pub fn with_seconds(mut self, elapsed: std::time::Duration) -> Self {
+        self.seconds = elapsed.as_secs_f64();
+        self
+    }
+
+    /// The points scenario `name` is worth (1 when the report carries no weight for it).
+    pub fn weight(&self, name: &str) -> f64 {
+        self.weights
+            .get(name)
+            .copied()
+            .filter(|w| w.is_finite() && *w >= 0.0)
+            .unwrap_or(1.0)
     }
 
     /// The report with every text passed through [`clean`]: whatever a submission printed
@@ -301,12 +336,107 @@ fn printable(s: &str) -> String {
     clean(s)
 }
 
-/// Writes DIR/report.json and DIR/junit.xml, creating DIR.
+/// Gradescope's autograder results (results.json): the total, the run's time, and one
+/// test per scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradescopeResults {
+    /// Sum of the tests' scores.
+    pub score: f64,
+    /// Whole seconds the grading took.
+    pub execution_time: u64,
+    /// One line for the student: how many scenarios passed.
+    pub output: String,
+    pub tests: Vec<GradescopeTest>,
+}
+
+/// One scenario as a Gradescope test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradescopeTest {
+    pub name: String,
+    /// `max_score` when the scenario passed, else 0.
+    pub score: f64,
+    /// The scenario's weight.
+    pub max_score: f64,
+    /// `passed` or `failed` (a scenario the grader could not run counts as failed; its
+    /// output says so).
+    pub status: String,
+    pub output: String,
+}
+
+/// Longest `output` of one test in results.json; the rest is cut with a note.
+pub const MAX_TEST_OUTPUT: usize = 16 * 1024;
+
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_TEST_OUTPUT {
+        let mut end = MAX_TEST_OUTPUT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("\n[cut: the whole text is in report.json]");
+    }
+    text
+}
+
+/// The report in Gradescope's autograder format.
+pub fn gradescope_results(r: &GradeReport) -> GradescopeResults {
+    let tests: Vec<GradescopeTest> = r
+        .scenarios
+        .iter()
+        .map(|s| {
+            let max_score = r.weight(&s.name);
+            let passed = s.status == Status::Passed;
+            let reason = clean(s.reason.as_deref().unwrap_or("no reason recorded"));
+            let mut output = match s.status {
+                Status::Passed => format!("passed in {:.1} s", s.seconds),
+                Status::Failed => format!("failed: {reason}"),
+                Status::Error => format!(
+                    "not graded: the grader could not run this scenario (ask for a re-run): {reason}"
+                ),
+            };
+            if !s.figures.is_empty() {
+                let _ = write!(output, "\nfigures: {}", figures_text(&s.figures));
+            }
+            for n in &s.notes {
+                let _ = write!(output, "\nnote: {}", clean(n));
+            }
+            GradescopeTest {
+                name: clean(&s.name),
+                score: if passed { max_score } else { 0.0 },
+                max_score,
+                status: if passed { "passed" } else { "failed" }.into(),
+                output: bounded(output),
+            }
+        })
+        .collect();
+    let seconds = if r.seconds > 0.0 {
+        r.seconds
+    } else {
+        r.scenarios.iter().map(|s| s.seconds).sum()
+    };
+    GradescopeResults {
+        score: tests.iter().map(|t| t.score).sum(),
+        execution_time: seconds.max(0.0).ceil() as u64,
+        output: format!(
+            "{}: {} passed, {} failed, {} could not be run",
+            clean(&r.profile),
+            r.passed,
+            r.failed,
+            r.errors
+        ),
+        tests,
+    }
+}
+
+/// Writes DIR/report.json, DIR/junit.xml and DIR/results.json, creating DIR.
 pub fn write_reports(dir: &Path, r: &GradeReport) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), json + "\n")?;
     std::fs::write(dir.join("junit.xml"), junit_xml(r))?;
+    let results =
+        serde_json::to_string_pretty(&gradescope_results(r)).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("results.json"), results + "\n")?;
     Ok(())
 }
 
@@ -508,5 +638,157 @@ mod tests {
         let back: GradeReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back.scenarios.len(), 3);
         parse(&std::fs::read_to_string(dir.join("junit.xml")).unwrap());
+        let results = std::fs::read_to_string(dir.join("results.json")).unwrap();
+        validate_gradescope(&serde_json::from_str(&results).unwrap()).unwrap();
+    }
+
+    /// Checks a results.json against Gradescope's autograder format: `score` a number,
+    /// `execution_time` a non-negative integer, `tests` an array of objects with a string
+    /// `name`, numbers `score` ≤ `max_score` (both ≥ 0), `status` `passed` or `failed` and
+    /// a string `output`; optional top-level `output` a string; the total the tests' sum.
+    fn validate_gradescope(v: &serde_json::Value) -> Result<(), String> {
+        use serde_json::Value;
+        let top = v.as_object().ok_or("results.json is not an object")?;
+        let known_top = ["score", "execution_time", "output", "tests"];
+        if let Some(k) = top.keys().find(|k| !known_top.contains(&k.as_str())) {
+            return Err(format!("unexpected top-level key {k:?}"));
+        }
+        let score = top
+            .get("score")
+            .and_then(Value::as_f64)
+            .ok_or("`score` missing or not a number")?;
+        top.get("execution_time")
+            .and_then(Value::as_u64)
+            .ok_or("`execution_time` missing or not a non-negative integer")?;
+        if let Some(o) = top.get("output") {
+            o.as_str().ok_or("top-level `output` is not a string")?;
+        }
+        let tests = top
+            .get("tests")
+            .and_then(Value::as_array)
+            .ok_or("`tests` missing or not an array")?;
+        let mut sum = 0.0;
+        for (i, t) in tests.iter().enumerate() {
+            let t = t
+                .as_object()
+                .ok_or(format!("tests[{i}] is not an object"))?;
+            let known = ["name", "score", "max_score", "status", "output"];
+            if let Some(k) = t.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(format!("tests[{i}]: unexpected key {k:?}"));
+            }
+            t.get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or(format!("tests[{i}].name missing or not a string"))?;
+            let s = t
+                .get("score")
+                .and_then(Value::as_f64)
+                .ok_or(format!("tests[{i}].score missing or not a number"))?;
+            let m = t
+                .get("max_score")
+                .and_then(Value::as_f64)
+                .ok_or(format!("tests[{i}].max_score missing or not a number"))?;
+            if !(0.0..=m).contains(&s) {
+                return Err(format!("tests[{i}]: score {s} not within 0..={m}"));
+            }
+            match t.get("status").and_then(Value::as_str) {
+                Some("passed" | "failed") => {}
+                other => return Err(format!("tests[{i}].status is {other:?}")),
+            }
+            t.get("output")
+                .and_then(Value::as_str)
+                .ok_or(format!("tests[{i}].output missing or not a string"))?;
+            sum += s;
+        }
+        if (sum - score).abs() > 1e-9 {
+            return Err(format!("score {score} is not the tests' sum {sum}"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn results_json_follows_the_autograder_format_with_weights() {
+        let weights = BTreeMap::from([("startup".to_string(), 2.5), ("kill_leader".into(), 4.0)]);
+        let r = sample()
+            .with_weights(&weights)
+            .with_seconds(std::time::Duration::from_millis(61_200));
+        let g = gradescope_results(&r);
+        let v = serde_json::to_value(&g).unwrap();
+        validate_gradescope(&v).unwrap();
+        assert_eq!(v["score"], 2.5);
+        assert_eq!(v["execution_time"], 62);
+        let tests = v["tests"].as_array().unwrap();
+        let names: Vec<&str> = tests.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["startup", "kill_follower", "kill_leader"]);
+        // Passed: full points and the figures.
+        assert_eq!(
+            (tests[0]["score"].as_f64(), tests[0]["max_score"].as_f64()),
+            (Some(2.5), Some(2.5))
+        );
+        assert_eq!(tests[0]["status"], "passed");
+        assert!(tests[0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("hosts_correct_s=3.25"));
+        // Not named in the weights: worth 1; failed: 0 points and the cleaned reason.
+        assert_eq!(
+            (tests[1]["score"].as_f64(), tests[1]["max_score"].as_f64()),
+            (Some(0.0), Some(1.0))
+        );
+        assert_eq!(tests[1]["status"], "failed");
+        let out = tests[1]["output"].as_str().unwrap();
+        assert!(out.contains("node2 (10.79.1.12) still listed"), "{out}");
+        assert!(!out.contains('\u{1b}'), "{out}");
+        // Could not be run: failed for the autograder, and the output says why.
+        assert_eq!(
+            (tests[2]["score"].as_f64(), tests[2]["max_score"].as_f64()),
+            (Some(0.0), Some(4.0))
+        );
+        assert!(tests[2]["output"]
+            .as_str()
+            .unwrap()
+            .contains("could not run"));
+        // Without weights or a measured time: 1 point each and the scenarios' time summed.
+        let plain = serde_json::to_value(gradescope_results(&sample())).unwrap();
+        validate_gradescope(&plain).unwrap();
+        assert_eq!(plain["score"], 1.0);
+        assert_eq!(plain["execution_time"], 53);
+    }
+
+    #[test]
+    fn the_validator_rejects_what_the_autograder_would() {
+        let good = serde_json::to_value(gradescope_results(&sample())).unwrap();
+        type Breaks = fn(&mut serde_json::Value);
+        let broken: [(&str, Breaks); 6] = [
+            ("score", |v| v["score"] = 7.0.into()),
+            ("execution_time", |v| v["execution_time"] = 1.5.into()),
+            ("tests[0].score", |v| v["tests"][0]["score"] = 9.0.into()),
+            ("tests[1].status", |v| {
+                v["tests"][1]["status"] = "error".into()
+            }),
+            ("tests[2].output", |v| {
+                v["tests"][2].as_object_mut().unwrap().remove("output");
+            }),
+            ("tests[0].name", |v| v["tests"][0]["name"] = 3.into()),
+        ];
+        for (what, breaks) in broken {
+            let mut v = good.clone();
+            breaks(&mut v);
+            let e = validate_gradescope(&v).expect_err(what);
+            assert!(
+                e.contains(what.split('.').next_back().unwrap()),
+                "{what}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_output_is_cut_on_a_character_boundary() {
+        let mut r = sample();
+        r.scenarios[1].reason = Some("é".repeat(MAX_TEST_OUTPUT));
+        let g = gradescope_results(&r);
+        let out = &g.tests[1].output;
+        assert!(out.len() <= MAX_TEST_OUTPUT + 64, "{}", out.len());
+        assert!(out.ends_with("[cut: the whole text is in report.json]"));
     }
 }

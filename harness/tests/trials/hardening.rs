@@ -19,10 +19,14 @@ const SETTLE: Duration = Duration::from_secs(60);
 const VICTIM: &str = "/root/clusterlab-victim";
 const VICTIM_TEXT: &str = "precious";
 
-/// The leader service of the grandchild trial: `sh` starts a second `sh`, which starts
-/// python's HTTP server on the port, so the server is the agent's grandchild.
+/// The leader service of the grandchild trial: `sh` starts a second `sh`, which starts a
+/// server on the port, so the server is the agent's grandchild. The node image has no
+/// interpreter, so the server is the node's own `proxy` as a byte relay to the agent's
+/// health API: `GET /health` through it answers 200 while it runs.
 const GRANDCHILD_SERVICE: &str =
-    r#"["sh","-c","sh -c 'python3 -m http.server 8888 --bind 0.0.0.0' & wait"]"#;
+    r#"["sh","-c","sh -c 'proxy --relay-to 127.0.0.1:8008 --listen 0.0.0.0:8888' & wait"]"#;
+/// What `pgrep -f` looks for to find the grandchild.
+const GRANDCHILD_PATTERN: &str = "relay-to 127.0.0.1:8008";
 
 pub fn trials(env: &Environment) -> Vec<Trial> {
     vec![
@@ -256,7 +260,7 @@ async fn planted_shared_files(c: Cluster) -> anyhow::Result<()> {
 
 /// The HTTP status `from` gets for the leader service at `ip`, or "000" when nothing answers.
 async fn service_code(c: &Cluster, from: &str, ip: &str) -> anyhow::Result<String> {
-    let url = format!("http://{ip}:8888/");
+    let url = format!("http://{ip}:8888/health");
     let out = c
         .exec(
             from,
@@ -276,15 +280,15 @@ async fn service_code(c: &Cluster, from: &str, ip: &str) -> anyhow::Result<Strin
     Ok(out.stdout.trim().to_string())
 }
 
-/// The pids of the leader service's python server on `node` (none: empty).
+/// The pids of the leader service's grandchild server on `node` (none: empty).
 async fn server_pids(c: &Cluster, node: &str) -> anyhow::Result<String> {
-    let out = c.exec(node, &["pgrep", "-f", "http.server"]).await?;
+    let out = c.exec(node, &["pgrep", "-f", GRANDCHILD_PATTERN]).await?;
     Ok(out.stdout.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// A leader service whose server is the agent's grandchild (`sh -c 'sh -c server & wait'`).
 /// When etcd moves leadership away, the old leader's agent must stop the whole group: its
-/// port stops answering and no python process is left on it, while the new leader serves.
+/// port stops answering and no grandchild process is left on it, while the new leader serves.
 async fn leader_service_grandchild(c: Cluster) -> anyhow::Result<()> {
     let all = c.node_names();
     let st = c.wait_ready(SETTLE).await?;
@@ -307,7 +311,7 @@ async fn leader_service_grandchild(c: Cluster) -> anyhow::Result<()> {
     let old_ip = c.node_ip(&old)?.to_string();
     let target_ip = c.node_ip(&target)?.to_string();
     let (pids, _) = wait_for(
-        &format!("{old}'s leader service (a python grandchild) to answer"),
+        &format!("{old}'s leader service (a relay grandchild) to answer"),
         Duration::from_secs(30),
         Duration::from_millis(200),
         || async {
@@ -325,7 +329,7 @@ async fn leader_service_grandchild(c: Cluster) -> anyhow::Result<()> {
     .await?;
     // The server is a grandchild: its parent is the inner sh, not the agent.
     let tree = sh(&c, &old, "ps -eo pid,ppid,pgid,args").await?;
-    println!("hardening_leader_service_grandchild: {old} serves with python pid(s) {pids}; processes:\n{tree}");
+    println!("hardening_leader_service_grandchild: {old} serves with grandchild pid(s) {pids}; processes:\n{tree}");
 
     let moved = Instant::now();
     sh(
@@ -335,7 +339,7 @@ async fn leader_service_grandchild(c: Cluster) -> anyhow::Result<()> {
     )
     .await?;
     let ((), stopped) = wait_for(
-        &format!("{old} to stop answering on :8888 with no python left"),
+        &format!("{old} to stop answering on :8888 with no grandchild left"),
         Duration::from_secs(15),
         Duration::from_millis(100),
         || async {
@@ -346,13 +350,13 @@ async fn leader_service_grandchild(c: Cluster) -> anyhow::Result<()> {
             if code == "000" && left.is_empty() {
                 Ok(())
             } else {
-                Err(format!("HTTP {code}, python pids left [{left}]"))
+                Err(format!("HTTP {code}, grandchild pids left [{left}]"))
             }
         },
     )
     .await?;
     println!(
-        "hardening_leader_service_grandchild: leadership moved {old} → {target}; {old} silent on :8888 with no python left {:.2} s later",
+        "hardening_leader_service_grandchild: leadership moved {old} → {target}; {old} silent on :8888 with no grandchild left {:.2} s later",
         stopped.as_secs_f64()
     );
     let (_, took) = wait_for(

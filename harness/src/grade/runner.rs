@@ -382,6 +382,42 @@ pub struct GradedCluster {
     pub gateway_image: Option<String>,
 }
 
+/// A container's command, entrypoint and environment (`KEY=value`), rendered.
+type Rendered = (Vec<String>, Vec<String>, Vec<String>);
+
+/// A profile section's command, entrypoint and environment (`KEY=value`) with `vars` filled
+/// in; an error names the key (`<section>.command`, `<section>.env.KEY`) and `who` it was for.
+fn render_section(
+    section: &str,
+    who: &str,
+    vars: &std::collections::BTreeMap<&'static str, String>,
+    command: &[String],
+    entrypoint: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<Rendered, UpError> {
+    let fill = |field: String, template: &str| {
+        render(template, vars).map_err(|reason| UpError::Template {
+            field,
+            node: who.to_string(),
+            reason,
+        })
+    };
+    let fill_all = |key: &str, list: &[String]| {
+        list.iter()
+            .map(|t| fill(format!("{section}.{key}"), t))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let env = env
+        .iter()
+        .map(|(k, v)| Ok(format!("{k}={}", fill(format!("{section}.env.{k}"), v)?)))
+        .collect::<Result<Vec<_>, UpError>>()?;
+    Ok((
+        fill_all("command", command)?,
+        fill_all("entrypoint", entrypoint)?,
+        env,
+    ))
+}
+
 impl GradedCluster {
     /// A handle; nothing is created yet.
     pub fn new(
@@ -477,22 +513,8 @@ impl GradedCluster {
         let n = self.names();
         let node = ClusterNames::node_name(i);
         let vars = self.plan.node_vars(i, &n.cluster);
-        let fill = |field: &str, template: &str| {
-            render(template, &vars).map_err(|reason| UpError::Template {
-                field: field.to_string(),
-                node: node.clone(),
-                reason,
-            })
-        };
-        let fill_all = |field: &str, list: &[String]| {
-            list.iter()
-                .map(|s| fill(field, s))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let mut env = Vec::new();
-        for (k, v) in &t.env {
-            env.push(format!("{k}={}", fill(&format!("node.env.{k}"), v)?));
-        }
+        let (command, entrypoint, env) =
+            render_section("node", &node, &vars, &t.command, &t.entrypoint, &t.env)?;
         let mut mounts = vec![(n.shared_volume(), t.shared_mount.clone())];
         if !t.data_mount.is_empty() {
             mounts.push((n.node_volume(i), t.data_mount.clone()));
@@ -503,8 +525,8 @@ impl GradedCluster {
             node: Some(node.clone()),
             image: self.image.clone(),
             hostname: Some(node.clone()),
-            command: fill_all("node.command", &t.command)?,
-            entrypoint: fill_all("node.entrypoint", &t.entrypoint)?,
+            command,
+            entrypoint,
             env,
             mounts,
             cap_add: t
@@ -541,29 +563,21 @@ impl GradedCluster {
         let vars = self
             .plan
             .gateway_vars(&n.cluster, self.profile.judge.etcd_client_port);
-        let fill = |field: &str, template: &str| {
-            render(template, &vars).map_err(|reason| UpError::Template {
-                field: field.to_string(),
-                node: "the gateway".into(),
-                reason,
-            })
-        };
-        let fill_all = |field: &str, list: &[String]| {
-            list.iter()
-                .map(|s| fill(field, s))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let mut env = Vec::new();
-        for (k, v) in &t.env {
-            env.push(format!("{k}={}", fill(&format!("gateway.env.{k}"), v)?));
-        }
+        let (command, entrypoint, env) = render_section(
+            "gateway",
+            "the gateway",
+            &vars,
+            &t.command,
+            &t.entrypoint,
+            &t.env,
+        )?;
         Ok(Some(ContainerSpec {
             container: n.gateway(),
             role: ContainerRole::Gateway,
             image: image.clone(),
             hostname: Some("gateway".into()),
-            command: fill_all("gateway.command", &t.command)?,
-            entrypoint: fill_all("gateway.entrypoint", &t.entrypoint)?,
+            command,
+            entrypoint,
             env,
             // The gateway only reads the shared table, and runs held in like the nodes
             // (no capability at all: it needs none to forward).

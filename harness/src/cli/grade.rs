@@ -35,13 +35,120 @@ pub struct GradeArgs {
     /// Grade K times and report every scenario whose verdict changed between runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=20))]
     pub repeat: u8,
+    /// Grade a class: every subfolder of DIR is one submission (its Dockerfile built on the
+    /// base image; an optional profile.toml in it may change how it is run, not how it is
+    /// judged). Reports go into REPORT/<folder>/ and REPORT/summary.{csv,json}.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["image", "parallel", "repeat"])]
+    pub batch: Option<PathBuf>,
+    /// With --batch: scenarios at once over the whole batch, each cluster on its own subnet
+    /// (default: 3, measured on a 2-core machine; see README "Grading a class").
+    #[arg(long, requires = "batch", value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub jobs: Option<u8>,
+    /// With --batch: skip a submission whose report.json is there for the same image and
+    /// profile hashes.
+    #[arg(long, requires = "batch")]
+    pub resume: bool,
+    /// With --batch: compare with an earlier batch's report directory (its summary.json):
+    /// prints both wall times, the ratio and whether every verdict is the same; fails when
+    /// one differs.
+    #[arg(long, value_name = "REPORT", requires = "batch")]
+    pub compare: Option<PathBuf>,
     #[command(flatten)]
     pub images: super::ImagesArgs,
+}
+
+/// `harness grade --batch`.
+async fn run_batch(a: GradeArgs, batch: PathBuf) -> anyhow::Result<()> {
+    use crate::grade::batch;
+    let image_opts = a.images.options();
+    let profile = a
+        .profile
+        .clone()
+        .unwrap_or_else(|| image_opts.workspace.join("profiles/clusterlab.toml"));
+    let jobs = a.jobs.map(usize::from);
+    let req = batch::BatchRequest {
+        dir: batch,
+        out: a.report.clone(),
+        profile,
+        jobs: jobs.unwrap_or(batch::DEFAULT_JOBS),
+        resume: a.resume,
+        scenarios: scenarios_by_name(&a.scenarios)?,
+        allow_caps: a.allow_caps.clone(),
+        images: image_opts,
+        subnet: a.subnet,
+        cluster_prefix: "grade".into(),
+    };
+    println!(
+        "jobs: {}{}",
+        req.jobs,
+        if jobs.is_none() {
+            " (the default for this machine; --jobs K to change)"
+        } else {
+            ""
+        }
+    );
+    // Read before this run may overwrite it (when --compare names the same directory).
+    let earlier = match &a.compare {
+        Some(dir) => {
+            let path = dir.join("summary.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("--compare: reading {}: {e}", path.display()))?;
+            let s: batch::Summary = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--compare: {}: {e}", path.display()))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let docker = crate::docker::connect().await?;
+    let out = batch::run_batch(&docker, &req).await?;
+    let s = &out.summary;
+    println!();
+    print!("{}", batch::summary_table(s));
+    println!(
+        "wall time: {:.1} s with {} job(s); {} graded, {} kept (--resume); reports in {}",
+        s.wall_seconds,
+        s.jobs,
+        out.graded.len(),
+        out.skipped.len(),
+        req.out.display()
+    );
+    for e in &out.write_errors {
+        eprintln!("could not write the report of {e}");
+    }
+    let mut problems = Vec::new();
+    if let Some(earlier) = earlier {
+        let cmp = batch::compare(&earlier, s);
+        print!("{cmp}");
+        if !cmp.differences.is_empty() {
+            problems.push(format!(
+                "{} verdict(s) differ from the earlier batch",
+                cmp.differences.len()
+            ));
+        }
+    }
+    if !out.all_passed() {
+        let bad = s
+            .submissions
+            .iter()
+            .filter(|r| r.status != "passed")
+            .count();
+        problems.push(format!("{bad} submission(s) did not pass every scenario"));
+    }
+    if !out.write_errors.is_empty() {
+        problems.push(format!("{} report(s) not written", out.write_errors.len()));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    Ok(())
 }
 
 /// Runs `harness grade`: reports are written whatever the verdict; the command fails when
 /// any scenario did not pass.
 pub async fn run(a: GradeArgs) -> anyhow::Result<()> {
+    if let Some(dir) = a.batch.clone() {
+        return run_batch(a, dir).await;
+    }
     let image_opts = a.images.options();
     let profile = a
         .profile

@@ -9,11 +9,13 @@
 //!   (created through [`crate::cluster::ClusterObjects`]), and the outside probes.
 //! - [`judge`]: hosts tables, etcd's leader and the leader service, judged as plain functions.
 //! - [`scenarios`]: startup, kill_follower, kill_leader.
+//! - [`batch`]: `--batch`: a class of submissions graded through one work queue.
 //! - [`report`]: report.json, junit.xml, results.json (Gradescope) and the summary table.
 //! - [`text`]: the one filter for text that came from a submission (escape sequences and
 //!   control characters), applied before anything reaches a reason, a report or the
 //!   terminal.
 
+pub mod batch;
 pub mod judge;
 pub mod profile;
 pub mod report;
@@ -186,22 +188,13 @@ pub async fn grade(
                 .unwrap_or_else(|e| e.into_inner())
                 .pop()
                 .unwrap_or(0);
-            let plan = IpPlan {
-                subnet: nth_subnet(base_subnet, slot),
-                first_offset: profile.network.first_offset,
-                nodes: s.nodes(profile),
-            };
-            let mut sub = GradedCluster::new(docker, profile, image, &cluster, plan);
-            if let Some(g) = gateway {
-                sub = sub.with_gateway(g);
-            }
+            let subnet = nth_subnet(base_subnet, slot);
             let step = crate::progress::Step::start(format!(
-                "scenario {} on {} nodes of {image} ({})",
+                "scenario {} on {} nodes of {image} ({subnet})",
                 s.name(),
-                plan.nodes,
-                plan.subnet
+                s.nodes(profile),
             ));
-            let r = scenarios::run_scenario(&sub, s, LOG_LINES).await;
+            let r = run_one(docker, profile, image, gateway, s, &cluster, subnet).await;
             step.done_with(match r.status {
                 report::Status::Passed => "passed",
                 report::Status::Failed => "FAILED",
@@ -229,9 +222,32 @@ pub async fn grade(
     .with_seconds(started.elapsed()))
 }
 
+/// Runs scenario `s` once on a fresh cluster named `cluster` on `subnet`, with the
+/// submission's `image` (and the gateway's, for the gateway scenario).
+pub async fn run_one(
+    docker: &Docker,
+    profile: &Profile,
+    image: &str,
+    gateway: Option<&String>,
+    s: Scenario,
+    cluster: &str,
+    subnet: Subnet,
+) -> report::ScenarioReport {
+    let plan = IpPlan {
+        subnet,
+        first_offset: profile.network.first_offset,
+        nodes: s.nodes(profile),
+    };
+    let mut sub = GradedCluster::new(docker, profile, image, cluster, plan);
+    if let Some(g) = gateway {
+        sub = sub.with_gateway(g);
+    }
+    scenarios::run_scenario(&sub, s, LOG_LINES).await
+}
+
 /// The image of the profile's `[gateway]`: a local image, a folder built on the base image
 /// as a submission's is (same checks and bounds), or else the submission's own image.
-async fn gateway_image(
+pub async fn gateway_image(
     docker: &Docker,
     profile: &Profile,
     images: &crate::images::ImageOptions,

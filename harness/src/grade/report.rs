@@ -88,6 +88,14 @@ pub struct GradeReport {
     /// takes the sum of the scenarios' times).
     #[serde(default)]
     pub seconds: f64,
+    /// What was graded, for `--batch --resume`: a hash of the build context and the base
+    /// image (empty when not known, e.g. outside a batch or in an older report).
+    #[serde(default)]
+    pub image_hash: String,
+    /// A hash of the effective profile (the batch's profile with the folder's overrides)
+    /// and the scenarios asked for; empty when not known.
+    #[serde(default)]
+    pub profile_hash: String,
 }
 
 impl GradeReport {
@@ -112,6 +120,8 @@ impl GradeReport {
             scenarios,
             weights: BTreeMap::new(),
             seconds: 0.0,
+            image_hash: String::new(),
+            profile_hash: String::new(),
         }
     }
 

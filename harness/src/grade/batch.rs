@@ -465,6 +465,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     std::io::Write::write_all(&mut tmp, data)?;
+    // Readable like any report (a temporary file starts as 0600).
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -909,8 +912,13 @@ pub async fn run_batch(docker: &Docker, req: &BatchRequest) -> Result<BatchOutco
     } else {
         req.scenarios.clone()
     };
+    // Absolute, so that reports name every folder plainly.
+    let batch_dir = std::fs::canonicalize(&req.dir).map_err(|source| BatchError::Dir {
+        dir: req.dir.display().to_string(),
+        source,
+    })?;
     let (folders, refused) =
-        list_folders(&req.dir, Some(&req.out)).map_err(|source| BatchError::Dir {
+        list_folders(&batch_dir, Some(&req.out)).map_err(|source| BatchError::Dir {
             dir: req.dir.display().to_string(),
             source,
         })?;

@@ -3,6 +3,7 @@
 use harness::trial::Environment;
 use libtest_mimic::Trial;
 
+pub mod batch;
 pub mod common;
 pub mod foundation;
 pub mod grading;
@@ -24,6 +25,7 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(partition::trials(env));
     t.extend(proxy::trials(env));
     t.extend(grading::trials(env));
+    t.extend(batch::trials(env));
     t.extend(hardening::trials(env));
     t.extend(hostile::trials(env));
     t

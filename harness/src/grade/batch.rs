@@ -1048,12 +1048,13 @@ pub async fn run_batch(docker: &Docker, req: &BatchRequest) -> Result<BatchOutco
                 let Some((i, k)) = ready.pop_front() else {
                     break;
                 };
-                let slot = free.pop().unwrap_or(0);
                 let g = &todo[i];
                 let s = g.scenarios[k];
+                // Only built submissions are queued.
                 let Some((image, gateway)) = images[i].clone() else {
                     continue;
                 };
+                let slot = free.pop().unwrap_or(0);
                 first_start[i].get_or_insert_with(Instant::now);
                 let cluster = format!(
                     "{}-{}-{}",

@@ -10,16 +10,21 @@
 //! - [`judge`]: hosts tables, etcd's leader and the leader service, judged as plain functions.
 //! - [`scenarios`]: startup, kill_follower, kill_leader.
 //! - [`report`]: report.json, junit.xml, results.json (Gradescope) and the summary table.
+//! - [`timeline`]: what each scenario saw over time (recorded by its wait loops).
+//! - [`html`]: report.html (one submission, with each scenario's SVG timeline) and the
+//!   class page index.html.
 //! - [`text`]: the one filter for text that came from a submission (escape sequences and
 //!   control characters), applied before anything reaches a reason, a report or the
 //!   terminal.
 
+pub mod html;
 pub mod judge;
 pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
 pub mod text;
+pub mod timeline;
 
 use crate::docker::HarnessError;
 use crate::images::ImageOptions;
@@ -414,6 +419,7 @@ mod tests {
                 notes: Vec::new(),
                 checks: Vec::new(),
                 logs: None,
+                timeline: None,
             })
             .collect();
         GradeReport::new("p", "p.toml", "img", 3, "10.79.1.0/24", scenarios)

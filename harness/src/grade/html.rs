@@ -444,7 +444,7 @@ pub fn timeline_svg(scenario: &str, t: &Timeline) -> String {
             "limit",
             "#6a3d9a",
             "3 3",
-            format!("limit {}", l.label),
+            l.label.clone(),
             format!("{} ends at {} s", l.label, num(l.t)),
         );
     }
@@ -1105,7 +1105,7 @@ mod tests {
         }
         // Limits after the fault only; leader_change_s and dead_node_s.
         assert_eq!(svg.matches("class=\"marker limit\"").count(), 2);
-        assert!(svg.contains("limit limits.dead_node_s (20 s)"));
+        assert!(svg.contains(">limits.dead_node_s (20 s)<"));
         assert!(svg.contains("t = 0: killed node0, the leader"));
         assert!(svg.contains("✕ first failure at 20 s: hosts: late"));
         // node1..3 each drop the dead node once; node0 is down.

@@ -759,11 +759,19 @@ pub fn write_submission_page(dir: &Path, r: &GradeReport) -> std::io::Result<()>
 /// class table. A report that cannot be read is named in the table and skipped.
 pub fn write_class_pages(out: &Path) -> std::io::Result<ClassPages> {
     let mut subs: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let mut skipped = Vec::new();
     for entry in std::fs::read_dir(out)? {
         let entry = entry?;
         let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_symlink() {
+            skipped.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                "a symlink, not followed".to_string(),
+            ));
+            continue;
+        }
         if !ft.is_dir() {
-            continue; // files, and symlinks (file_type does not follow them)
+            continue; // index.html, summary files
         }
         subs.push((
             entry.file_name().to_string_lossy().into_owned(),
@@ -771,7 +779,11 @@ pub fn write_class_pages(out: &Path) -> std::io::Result<ClassPages> {
         ));
     }
     subs.sort();
-    let mut pages = ClassPages::default();
+    skipped.sort();
+    let mut pages = ClassPages {
+        written: Vec::new(),
+        skipped,
+    };
     if subs.len() > MAX_SUBMISSIONS {
         for (name, _) in subs.drain(MAX_SUBMISSIONS..) {
             pages
@@ -1181,10 +1193,11 @@ mod tests {
         std::os::unix::fs::symlink(out.join("alice"), out.join("eve")).unwrap();
         let pages = write_class_pages(out).unwrap();
         assert_eq!(pages.written, ["bob", "alice", "carol"]);
-        assert_eq!(pages.skipped.len(), 1);
-        assert_eq!(pages.skipped[0].0, "dave");
+        let skipped: Vec<&str> = pages.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(skipped, ["eve", "dave"], "{:?}", pages.skipped);
+        assert!(pages.skipped[0].1.contains("symlink"));
         assert!(
-            pages.skipped[0].1.contains("does not parse"),
+            pages.skipped[1].1.contains("does not parse"),
             "{:?}",
             pages.skipped
         );
@@ -1215,6 +1228,21 @@ mod tests {
         }
         assert!(index.contains("<th data-col=\"4\">kill_leader</th>"));
         assert!(index.contains("dave"));
+        // The sort script: two clicks on "submission" sort by name, descending.
+        let index_html = std::fs::read_to_string(out.join("index.html")).unwrap();
+        let click = "<script>var h=document.querySelector('th[data-col=\"0\"]');h.click();h.click();</script></body>";
+        std::fs::write(
+            out.join("sorted.html"),
+            index_html.replace("</body>", click),
+        )
+        .unwrap();
+        let sorted = dump_dom(&chrome, &out.join("sorted.html"));
+        let order: Vec<&str> = sorted
+            .split("data-submission=\"")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap())
+            .collect();
+        assert_eq!(order, ["carol", "bob", "alice"], "sorted by the click");
         let page = dump_dom(&chrome, &out.join("bob/report.html"));
         assert_eq!(
             count_lanes(&page),

@@ -596,6 +596,26 @@ pub fn timeline_svg(scenario: &str, t: &Timeline) -> String {
                 num(g.t)
             );
         }
+        // Still listed at the last look: said at the end of the host0 row.
+        let last_listed = mine
+            .iter()
+            .rev()
+            .find(|x| matches!(x.obs, Obs::DeadListed(_)));
+        if let Some(l) = last_listed.filter(|l| l.obs == Obs::DeadListed(true) && l.t >= 0.0) {
+            let text = "still lists the dead node";
+            let w = text.chars().count() as f64 * 6.2 + 8.0;
+            let ex = x(end);
+            let gy = y0 + ROW + ROW_GAP;
+            let _ = writeln!(
+                s,
+                "<g class=\"still-listed\"><rect x=\"{:.1}\" y=\"{gy:.1}\" width=\"{w:.1}\" height=\"{ROW}\" fill=\"#fff\" stroke=\"#c00\"><title>the last look, at {} s, still found the dead node in this table</title></rect>\
+<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#c00\" font-weight=\"bold\">{text}</text></g>",
+                ex - w,
+                num(l.t),
+                ex - w + 4.0,
+                gy + ROW - 4.0
+            );
+        }
         s.push_str("</g>\n");
     }
     // Vertical markers with their labels on top.
@@ -1128,6 +1148,16 @@ mod tests {
         assert!(svg.contains(">seconds from t = 0"));
         // Axis ticks in seconds, across the run (-8 s to 32 s).
         assert!(svg.contains(">-5</text>") && svg.contains(">30</text>"));
+        assert!(!svg.contains("still-listed"));
+        // A table that never dropped the dead node says so at the end of its lane.
+        let mut l = Live::new(vec!["node0".into(), "node1".into()]);
+        let at = |secs: f64| l.start() + Duration::from_secs_f64(secs);
+        let (a, b, c) = (at(1.0), at(2.0), at(25.0));
+        l.mark(a, "killed node0, the follower", Some("node0"));
+        l.observe_at(b, "node1", Obs::DeadListed(true));
+        let svg = timeline_svg("kill_follower", &l.finish_at(c));
+        assert_eq!(svg.matches("class=\"still-listed\"").count(), 1);
+        assert!(!svg.contains("class=\"gone\""));
         // A report without a timeline still renders its section.
         let mut r = report(false);
         r.scenarios[0].timeline = None;

@@ -1,7 +1,7 @@
 //! `harness grade`: runs every scenario once against a submission of the assignment (or
 //! clusterlab itself), each on a fresh cluster with its own time bounds and cleanup, and
-//! writes report.json, junit.xml and results.json. What is judged is only what can be seen from outside;
-//! docs/GRADING.md describes it and every profile field.
+//! writes report.json, junit.xml, results.json and report.html. What is judged is only
+//! what can be seen from outside; docs/GRADING.md describes it and every profile field.
 //!
 //! # Layout
 //! - [`profile`]: the grading profile (TOML through figment) and its templates.

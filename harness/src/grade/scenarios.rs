@@ -383,6 +383,7 @@ async fn kill(
     let killed = Instant::now();
     rec.notes.push(format!("killed {victim}, the {role}"));
     timeline::fault(
+        killed,
         &format!("killed {}, the {role}", victim.name),
         Some(&victim.name),
     );

@@ -323,16 +323,16 @@ pub fn started(at: Instant, nodes: Vec<String>) {
     with(|l| l.started(at, nodes));
 }
 
-/// The fault: t = 0 of the timeline is now; `down` is a node the grader just killed or cut
-/// off. A second fault is recorded as an [`event`].
-pub fn fault(what: &str, down: Option<&str>) {
-    let at = Instant::now();
+/// The fault: t = 0 of the timeline is `at` (the instant the scenario measures its waits
+/// from); `down` is a node the grader just killed or cut off. A second fault is recorded
+/// as an [`event`].
+pub fn fault(at: Instant, what: &str, down: Option<&str>) {
     with(|l| l.mark(at, what, down));
 }
 
-/// A later move of the grader (reconnection, restart).
-pub fn event(what: &str) {
-    fault(what, None)
+/// A later move of the grader (reconnection, restart) at `at`.
+pub fn event(at: Instant, what: &str) {
+    fault(at, what, None)
 }
 
 /// A limit: `key` allows `limit` from `since`.

@@ -212,6 +212,13 @@ fn check_page(r: &GradeReport, p: &Profile, html: &str) -> anyhow::Result<()> {
                 s.name
             );
         }
+        if t.fault.is_some() {
+            ensure!(
+                !t.limits.is_empty() && svg.contains("class=\"marker limit\""),
+                "{}: no limit line after the fault",
+                s.name
+            );
+        }
         if s.status == Status::Failed {
             ensure!(
                 t.failure.is_some() && svg.contains("class=\"marker failure\""),

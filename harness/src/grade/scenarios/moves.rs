@@ -39,6 +39,7 @@ pub(super) async fn demote(
     sub.move_leader(&old, &target).await?;
     let moved = Instant::now();
     timeline::fault(
+        moved,
         &format!(
             "etcd's leadership moved from {} to {} (MoveLeader)",
             old.name, target.name
@@ -161,6 +162,7 @@ pub(super) async fn partition(
     sub.disconnect(&old).await?;
     let cut = Instant::now();
     timeline::fault(
+        cut,
         &format!("{}, the leader, cut off the network", old.name),
         Some(&old.name),
     );
@@ -204,7 +206,7 @@ pub(super) async fn partition(
     // Put back whatever the checks found.
     sub.reconnect(&old).await?;
     let healed = Instant::now();
-    timeline::event(&format!("{} reconnected", old.name));
+    timeline::event(healed, &format!("{} reconnected", old.name));
     rec.notes
         .push(format!("reconnected {old} at {} (same address)", old.ip));
     let since = Since {
@@ -249,6 +251,7 @@ pub(super) async fn restart(
     let killed = Instant::now();
     rec.notes.push(format!("killed {victim}, the follower"));
     timeline::fault(
+        killed,
         &format!("killed {}, the follower", victim.name),
         Some(&victim.name),
     );
@@ -265,7 +268,7 @@ pub(super) async fn restart(
     rec.check("hosts", hosts);
     sub.start(&victim).await?;
     let started = Instant::now();
-    timeline::event(&format!("{} started again", victim.name));
+    timeline::event(started, &format!("{} started again", victim.name));
     rec.notes
         .push(format!("started {victim} again (docker start)"));
     let since = Since {
@@ -471,6 +474,7 @@ pub(super) async fn gateway(
     let kill = stream.start.elapsed();
     let killed = Instant::now();
     timeline::fault(
+        killed,
         &format!("killed {}, the leader", victim.name),
         Some(&victim.name),
     );

@@ -10,7 +10,7 @@ pub struct GradeArgs {
     /// The grading profile (default: profiles/clusterlab.toml, which grades clusterlab).
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Directory for report.json, junit.xml and results.json.
+    /// Directory for report.json, junit.xml, results.json and report.html.
     #[arg(long, default_value = "grade-report")]
     pub report: PathBuf,
     /// Grade this local image instead of the profile's submission.

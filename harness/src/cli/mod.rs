@@ -62,7 +62,7 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Grade a submission of the assignment (or clusterlab itself) with a profile: every
-    /// scenario once on a fresh cluster; writes report.json, junit.xml and results.json.
+    /// scenario once on a fresh cluster; writes report.json, junit.xml, results.json and report.html.
     Grade(grade::GradeArgs),
     /// A login shell (or a command) on a node as the cluster user `admin`, directly or
     /// over the cluster's own SSH from another node (--via).

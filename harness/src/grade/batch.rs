@@ -7,7 +7,8 @@
 //! queue. A submission's report.json, junit.xml and results.json are written (atomically)
 //! when its last scenario ends; `--resume` skips a submission whose report.json records the
 //! same image and profile hashes ([`resume_decision`]). summary.csv and summary.json list
-//! every submission.
+//! every submission; index.html and each submission's report.html are drawn from the reports
+//! on disk by [`super::html::write_class_pages`].
 
 use super::profile::{Profile, ProfileError};
 use super::report::{self, GradeReport, ScenarioReport, Status};
@@ -865,7 +866,7 @@ pub enum BatchError {
     },
     #[error("the base image: {0}")]
     Base(crate::docker::HarnessError),
-    #[error("writing the summary into {dir}: {source}")]
+    #[error("writing the summary and class pages into {dir}: {source}")]
     Summary {
         dir: String,
         #[source]
@@ -1197,6 +1198,11 @@ pub async fn run_batch(docker: &Docker, req: &BatchRequest) -> Result<BatchOutco
         submissions: rows,
     };
     write_summary(&req.out, &summary).map_err(|source| BatchError::Summary {
+        dir: req.out.display().to_string(),
+        source,
+    })?;
+    // The class page and every submission's page, from the reports on disk.
+    super::html::write_class_pages(&req.out).map_err(|source| BatchError::Summary {
         dir: req.out.display().to_string(),
         source,
     })?;

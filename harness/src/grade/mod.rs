@@ -1,7 +1,7 @@
 //! `harness grade`: runs every scenario once against a submission of the assignment (or
 //! clusterlab itself), each on a fresh cluster with its own time bounds and cleanup, and
-//! writes report.json, junit.xml and results.json. What is judged is only what can be seen from outside;
-//! docs/GRADING.md describes it and every profile field.
+//! writes report.json, junit.xml, results.json and report.html. What is judged is only
+//! what can be seen from outside; docs/GRADING.md describes it and every profile field.
 //!
 //! # Layout
 //! - [`profile`]: the grading profile (TOML through figment) and its templates.
@@ -11,17 +11,22 @@
 //! - [`scenarios`]: startup, kill_follower, kill_leader.
 //! - [`batch`]: `--batch`: a class of submissions graded through one work queue.
 //! - [`report`]: report.json, junit.xml, results.json (Gradescope) and the summary table.
+//! - [`timeline`]: what each scenario saw over time (recorded by its wait loops).
+//! - [`html`]: report.html (one submission, with each scenario's SVG timeline) and the
+//!   class page index.html.
 //! - [`text`]: the one filter for text that came from a submission (escape sequences and
 //!   control characters), applied before anything reaches a reason, a report or the
 //!   terminal.
 
 pub mod batch;
+pub mod html;
 pub mod judge;
 pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
 pub mod text;
+pub mod timeline;
 
 use crate::docker::HarnessError;
 use crate::images::ImageOptions;
@@ -430,6 +435,7 @@ mod tests {
                 notes: Vec::new(),
                 checks: Vec::new(),
                 logs: None,
+                timeline: None,
             })
             .collect();
         GradeReport::new("p", "p.toml", "img", 3, "10.79.1.0/24", scenarios)

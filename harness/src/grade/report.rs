@@ -4,6 +4,7 @@
 //! text work, tested here; only [`write_reports`] touches the file system.
 
 use super::text::clean;
+use super::timeline::Timeline;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +49,9 @@ pub struct ScenarioReport {
     pub checks: Vec<CheckReport>,
     /// The nodes' last log lines, when the scenario did not pass.
     pub logs: Option<String>,
+    /// What the scenario saw over time, for the timeline in report.html.
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
 }
 
 impl ScenarioReport {
@@ -64,6 +68,7 @@ impl ScenarioReport {
             notes: Vec::new(),
             checks: Vec::new(),
             logs: None,
+            timeline: None,
         }
     }
 }
@@ -165,6 +170,9 @@ impl GradeReport {
             }
             for c in &mut s.checks {
                 c.reason = c.reason.as_deref().map(clean);
+            }
+            if let Some(t) = &mut s.timeline {
+                t.clean_texts();
             }
         }
         self
@@ -438,7 +446,8 @@ pub fn gradescope_results(r: &GradeReport) -> GradescopeResults {
     }
 }
 
-/// Writes DIR/report.json, DIR/junit.xml and DIR/results.json, creating DIR.
+/// Writes DIR/report.json, DIR/junit.xml, DIR/results.json and DIR/report.html (the page
+/// a person reads, [`super::html`]), creating DIR.
 pub fn write_reports(dir: &Path, r: &GradeReport) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
@@ -447,6 +456,7 @@ pub fn write_reports(dir: &Path, r: &GradeReport) -> std::io::Result<()> {
     let results =
         serde_json::to_string_pretty(&gradescope_results(r)).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("results.json"), results + "\n")?;
+    super::html::write_submission_page(dir, r)?;
     Ok(())
 }
 
@@ -473,6 +483,7 @@ mod tests {
                 seconds: Some(3.25),
             }],
             logs: None,
+            timeline: None,
         };
         let reason = "hosts: node2 (10.79.1.12) still listed as host2 in /etc/hosts of node0 (10.79.1.10) 20.1 s after it was killed; allowed 20 s (limits.dead_node_s) | ssh: <x> & \"y\" 'z' \u{1b}[31m";
         let failed = ScenarioReport {
@@ -491,6 +502,7 @@ mod tests {
                 seconds: None,
             }],
             logs: Some("[g-node0]\ndaemon: <started> & \u{0}\n".into()),
+            timeline: None,
         };
         let error = ScenarioReport {
             name: "kill_leader".into(),
@@ -503,6 +515,7 @@ mod tests {
             notes: vec![],
             checks: vec![],
             logs: None,
+            timeline: None,
         };
         GradeReport::new(
             "good",

@@ -10,6 +10,7 @@ use super::judge::{
 use super::profile::{render, Profile};
 use super::report::{CheckReport, ScenarioReport, Status};
 use super::runner::{GradedCluster, UpError};
+use super::timeline::{self, Host0, Obs};
 
 mod moves;
 use crate::docker::HarnessError;
@@ -155,6 +156,9 @@ pub struct Recorder {
 impl Recorder {
     fn check(&mut self, name: &str, outcome: Result<f64, Failed>) -> bool {
         let passed = outcome.is_ok();
+        if let Err(f) = &outcome {
+            timeline::failed(name, &f.0);
+        }
         self.checks.push(CheckReport {
             name: name.into(),
             passed,
@@ -189,9 +193,12 @@ pub async fn run_scenario(
     let _ = sub.down().await;
     let mut rec = Recorder::default();
     let limit = Duration::from_secs(sub.profile.limits.scenario_s);
-    let outcome: Result<(), UpError> = async {
+    let names = |nodes: Vec<NodeRef>| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    let live = std::sync::Arc::new(Mutex::new(timeline::Live::new(names(sub.nodes()))));
+    let outcome: Result<(), UpError> = timeline::record(live.clone(), async {
         sub.up().await?;
         let t0 = Instant::now();
+        timeline::started(t0, names(sub.nodes()));
         let body = async {
             match scenario {
                 Scenario::Startup | Scenario::Scale => {
@@ -220,8 +227,12 @@ pub async fn run_scenario(
                 Ok(())
             }
         }
-    }
+    })
     .await;
+    let timeline = {
+        let live = live.lock().unwrap_or_else(|e| e.into_inner());
+        (!live.is_empty()).then(|| live.finish())
+    };
     let (status, reason) = match &outcome {
         Err(e) => (
             Status::Error,
@@ -274,6 +285,7 @@ pub async fn run_scenario(
         notes: rec.notes,
         checks: rec.checks,
         logs,
+        timeline,
     }
 }
 
@@ -370,6 +382,11 @@ async fn kill(
     sub.kill(&victim).await?;
     let killed = Instant::now();
     rec.notes.push(format!("killed {victim}, the {role}"));
+    timeline::fault(
+        killed,
+        &format!("killed {}, the {role}", victim.name),
+        Some(&victim.name),
+    );
     let survivors: Vec<NodeRef> = all.iter().filter(|n| **n != victim).cloned().collect();
     let since = Since {
         at: killed,
@@ -522,6 +539,20 @@ async fn look_hosts(sub: &GradedCluster, live: &[NodeRef]) -> HostsLook {
         )
     });
     let tables = futures::future::join_all(reads).await;
+    if let Ok(l) = &leader {
+        let ip = l.ip.to_string();
+        for (n, t) in &tables {
+            let h = match t {
+                Err(_) => Host0::Unreadable,
+                Ok(lines) => match lines.iter().find(|x| x.number == 0) {
+                    None => Host0::Missing,
+                    Some(x) if x.address == ip => Host0::Leader,
+                    Some(_) => Host0::Other,
+                },
+            };
+            timeline::observe(&n.name, Obs::Host0(h));
+        }
+    }
     HostsLook { leader, tables }
 }
 
@@ -530,9 +561,22 @@ async fn etcd_leader(sub: &GradedCluster, live: &[NodeRef]) -> Result<NodeRef, F
         .iter()
         .map(|n| async move { (n.clone(), sub.member_status(n).await) });
     let probes = futures::future::join_all(probes).await;
+    for (n, r) in &probes {
+        timeline::observe(&n.name, Obs::Role(role_of(r)));
+    }
     raft_leader(&probes)
         .cloned()
         .map_err(|e| Failed(e.to_string()))
+}
+
+/// A status probe's answer as a timeline role.
+fn role_of<E>(r: &Result<crate::oracle::MemberStatus, E>) -> timeline::Role {
+    match r.as_ref().map(|s| s.role()) {
+        Ok(Some(crate::oracle::Role::Leader)) => timeline::Role::Leader,
+        Ok(Some(_)) => timeline::Role::Follower,
+        Ok(None) => timeline::Role::NoLeader,
+        Err(_) => timeline::Role::Unreachable,
+    }
 }
 
 /// Fails at once (instead of waiting out the limit) when a node that should live has
@@ -542,11 +586,17 @@ async fn stopped_nodes(sub: &GradedCluster, live: &[NodeRef]) -> Option<String> 
     for n in live {
         match sub.not_running(n).await {
             Ok(None) => {}
-            Ok(Some(why)) if why.oom_killed => stopped.push(format!(
-                "{n} stopped: {why}: {} MiB allowed (limits.memory_mb)",
-                sub.profile.limits.memory_mb
-            )),
-            Ok(Some(why)) => stopped.push(format!("{n} stopped: {why}")),
+            Ok(Some(why)) if why.oom_killed => {
+                timeline::observe(&n.name, Obs::Down);
+                stopped.push(format!(
+                    "{n} stopped: {why}: {} MiB allowed (limits.memory_mb)",
+                    sub.profile.limits.memory_mb
+                ))
+            }
+            Ok(Some(why)) => {
+                timeline::observe(&n.name, Obs::Down);
+                stopped.push(format!("{n} stopped: {why}"))
+            }
             Err(e) => stopped.push(format!("{n}: {e}")),
         }
     }
@@ -576,6 +626,7 @@ async fn wait_hosts(
     let gone = Mutex::new(None::<f64>);
     let last_problems = Mutex::new(Vec::<String>::new());
     let remaining = limit.saturating_sub(since.at.elapsed());
+    timeline::limit(since.at, limit, limit_key);
     let r = wait_for("hosts tables", remaining, sub.profile.poll(), || async {
         if let Some(fatal) = stopped_nodes(sub, live).await {
             return Ok(Err(fatal));
@@ -606,6 +657,17 @@ async fn wait_hosts(
                     file: file.clone(),
                     error: error.to_string(),
                 }),
+            }
+        }
+        if !dead.is_empty() {
+            for (on, table) in &look.tables {
+                if table.is_ok() {
+                    let on_s = on.to_string();
+                    let listed = problems
+                        .iter()
+                        .any(|p| matches!(p, HostsProblem::DeadListed { on: o, .. } if *o == on_s));
+                    timeline::observe(&on.name, Obs::DeadListed(listed));
+                }
             }
         }
         let unreadable = problems
@@ -668,6 +730,7 @@ async fn wait_new_leader(
     limit: Duration,
 ) -> Result<f64, Failed> {
     let killed = since.at;
+    timeline::limit(since.at, limit, "limits.leader_change_s");
     let r = wait_for(
         "a new etcd leader",
         limit.saturating_sub(killed.elapsed()),
@@ -706,6 +769,7 @@ async fn wait_service(
     limit_key: &str,
 ) -> Result<f64, Failed> {
     let port = sub.profile.judge.service_port;
+    timeline::limit(since.at, limit, limit_key);
     let r = wait_for(
         "the leader service on the leader only",
         limit.saturating_sub(since.at.elapsed()),
@@ -719,6 +783,9 @@ async fn wait_service(
                 .iter()
                 .map(|n| async move { (n.clone(), sub.probe_service(n).await) });
             let probes = futures::future::join_all(probes).await;
+            for (n, p) in &probes {
+                timeline::observe(&n.name, Obs::Service(p.serving()));
+            }
             let problems = judge_service(port, &leader, &probes);
             if problems.is_empty() {
                 Ok(Ok(since.at.elapsed().as_secs_f64()))

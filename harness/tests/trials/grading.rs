@@ -3,7 +3,8 @@
 //! Every fixture with a planted fault is graded on the scenarios its fault concerns only
 //! (two gradings at a time) and fails exactly those, on the checks the fault touches, with
 //! a reason that names the node, what was wrong and the limit. Each run also writes
-//! report.json and junit.xml, which must read back.
+//! report.json and junit.xml, which must read back, and report.html, which must hold a
+//! timeline per scenario recorded from the cluster.
 
 use anyhow::{ensure, Context};
 use futures::StreamExt;
@@ -163,6 +164,8 @@ async fn grade_case(docker: &bollard::Docker, image: &str, case: &Case) -> anyho
         xml.matches("<testcase ").count() == report.scenarios.len(),
         "junit.xml lacks test cases:\n{xml}"
     );
+    let html = std::fs::read_to_string(dir.path().join("report.html"))?;
+    check_page(&report, &p, &html)?;
     if !case.scenarios.is_empty() {
         ensure!(
             names(&report) == case.scenarios,
@@ -176,6 +179,62 @@ async fn grade_case(docker: &bollard::Docker, image: &str, case: &Case) -> anyho
             serde_json::to_string_pretty(&report).unwrap_or_default()
         )
     })
+}
+
+/// report.html holds one SVG timeline per scenario with a lane for every node of its
+/// cluster, recorded from the real cluster: every node observed, a failure marked on a
+/// failed scenario, and after a kill the moment the dead node left each survivor's table.
+fn check_page(r: &GradeReport, p: &Profile, html: &str) -> anyhow::Result<()> {
+    let lanes = harness::grade::html::count_lanes(html);
+    ensure!(
+        lanes.len() == r.scenarios.len(),
+        "report.html holds {} timelines for {} scenarios",
+        lanes.len(),
+        r.scenarios.len()
+    );
+    let svgs: Vec<&str> = html.split("<svg class=\"timeline\"").skip(1).collect();
+    for ((s, n), svg) in r.scenarios.iter().zip(&lanes).zip(&svgs) {
+        let t = s
+            .timeline
+            .as_ref()
+            .with_context(|| format!("{} recorded no timeline", s.name))?;
+        let want = Scenario::from_name(&s.name).map_or(r.nodes, |sc| sc.nodes(p));
+        ensure!(
+            *n == want && t.nodes.len() == want,
+            "{}: {n} lanes, {} nodes in the timeline, {want} nodes in the cluster",
+            s.name,
+            t.nodes.len()
+        );
+        for node in &t.nodes {
+            ensure!(
+                t.samples.iter().any(|x| &x.node == node),
+                "{}: nothing recorded for {node}",
+                s.name
+            );
+        }
+        if t.fault.is_some() {
+            ensure!(
+                !t.limits.is_empty() && svg.contains("class=\"marker limit\""),
+                "{}: no limit line after the fault",
+                s.name
+            );
+        }
+        if s.status == Status::Failed {
+            ensure!(
+                t.failure.is_some() && svg.contains("class=\"marker failure\""),
+                "{}: the first failed check is not marked",
+                s.name
+            );
+        }
+        if s.passed && (s.name == "kill_follower" || s.name == "kill_leader") {
+            ensure!(
+                t.fault.is_some() && svg.matches("class=\"gone\"").count() == want - 1,
+                "{}: the dead node's leaving is not marked on every survivor's lane",
+                s.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn names(r: &GradeReport) -> Vec<&str> {

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::grade::judge::{NodeRef, ServiceProbe};
 use crate::grade::runner::{GradedCluster, UpError};
+use crate::grade::timeline::{self, Obs};
 use crate::probe::http::{GetFailure, GetStream, Http, Sample};
 use crate::wait::wait_for;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,14 @@ pub(super) async fn demote(
     };
     sub.move_leader(&old, &target).await?;
     let moved = Instant::now();
+    timeline::fault(
+        moved,
+        &format!(
+            "etcd's leadership moved from {} to {} (MoveLeader)",
+            old.name, target.name
+        ),
+        None,
+    );
     rec.notes.push(format!(
         "moved etcd's leadership from {old} to {target} (MoveLeader); {old} stays alive and connected"
     ));
@@ -113,6 +122,9 @@ async fn one_server(
                 .map(|n| async move { (n.clone(), sub.probe_service(n).await) }),
         )
         .await;
+        for (n, p) in &probes {
+            timeline::observe(&n.name, Obs::Service(p.serving()));
+        }
         let serving: Vec<String> = probes
             .iter()
             .filter(|(_, p)| p.serving())
@@ -149,6 +161,11 @@ pub(super) async fn partition(
     let rest: Vec<NodeRef> = all.iter().filter(|n| **n != old).cloned().collect();
     sub.disconnect(&old).await?;
     let cut = Instant::now();
+    timeline::fault(
+        cut,
+        &format!("{}, the leader, cut off the network", old.name),
+        Some(&old.name),
+    );
     rec.notes.push(format!(
         "cut {old}, the leader, off the network (docker network disconnect)"
     ));
@@ -189,6 +206,7 @@ pub(super) async fn partition(
     // Put back whatever the checks found.
     sub.reconnect(&old).await?;
     let healed = Instant::now();
+    timeline::event(healed, &format!("{} reconnected", old.name));
     rec.notes
         .push(format!("reconnected {old} at {} (same address)", old.ip));
     let since = Since {
@@ -232,6 +250,11 @@ pub(super) async fn restart(
     sub.kill(&victim).await?;
     let killed = Instant::now();
     rec.notes.push(format!("killed {victim}, the follower"));
+    timeline::fault(
+        killed,
+        &format!("killed {}, the follower", victim.name),
+        Some(&victim.name),
+    );
     let rest: Vec<NodeRef> = all.iter().filter(|n| **n != victim).cloned().collect();
     let since = Since {
         at: killed,
@@ -245,6 +268,7 @@ pub(super) async fn restart(
     rec.check("hosts", hosts);
     sub.start(&victim).await?;
     let started = Instant::now();
+    timeline::event(started, &format!("{} started again", victim.name));
     rec.notes
         .push(format!("started {victim} again (docker start)"));
     let since = Since {
@@ -282,6 +306,7 @@ async fn wait_member(
     limit: Duration,
 ) -> Result<f64, Failed> {
     let port = sub.profile.judge.etcd_client_port;
+    timeline::limit(since.at, limit, "limits.rejoin_s");
     let r = wait_for(
         "the restarted member",
         limit.saturating_sub(since.at.elapsed()),
@@ -448,6 +473,16 @@ pub(super) async fn gateway(
     sub.kill(&victim).await?;
     let kill = stream.start.elapsed();
     let killed = Instant::now();
+    timeline::fault(
+        killed,
+        &format!("killed {}, the leader", victim.name),
+        Some(&victim.name),
+    );
+    timeline::limit(
+        killed,
+        secs(p.limits.leader_change_s),
+        "limits.leader_change_s",
+    );
     rec.notes.push(format!(
         "killed {victim}, the leader, under a stream of GETs to {url} every {} ms",
         g.interval_ms

@@ -333,18 +333,26 @@ pub struct Handle {
     port: u16,
     reports: mpsc::Sender<Report>,
     probes: Arc<Semaphore>,
+    status: watch::Receiver<NodeStatus>,
+    leader_fresh: Duration,
     pub counters: Arc<Counters>,
 }
 
 impl Handle {
-    /// A handle and the receiving end of the reports, for [`run`].
-    pub fn new(me: &str, peers: Vec<Peer>, port: u16) -> (Handle, mpsc::Receiver<Report>) {
+    /// A handle and the receiving end of the reports, for [`run`]. Reports are accepted only
+    /// while `status` says this node leads (confirmed within `leader_fresh`).
+    pub fn new(
+        settings: &Settings,
+        status: watch::Receiver<NodeStatus>,
+    ) -> (Handle, mpsc::Receiver<Report>) {
         let (tx, rx) = mpsc::channel(16);
         (
             Handle {
-                me: me.to_string(),
-                peers: Arc::new(peers),
-                port,
+                me: settings.me.clone(),
+                peers: Arc::new(settings.peers.clone()),
+                port: settings.port,
+                status,
+                leader_fresh: settings.leader_fresh,
                 reports: tx,
                 probes: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
                 counters: Arc::new(Counters::default()),
@@ -388,6 +396,9 @@ async fn probe_route(State(h): State<Handle>, Path(peer): Path<String>) -> (Stat
 async fn suspect_route(State(h): State<Handle>, Path(peer): Path<String>) -> (StatusCode, String) {
     if h.other_peer(&peer).is_none() {
         return (StatusCode::NOT_FOUND, "not a configured peer\n".into());
+    }
+    if !leads(&h.status, h.leader_fresh) {
+        return (StatusCode::CONFLICT, "not the leader\n".into());
     }
     match h.reports.try_send(Report { suspect: peer }) {
         Ok(()) => (StatusCode::ACCEPTED, "queued\n".into()),
@@ -947,7 +958,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_endpoints_probe_only_configured_peers() {
-        let (h, mut rx) = Handle::new("node0", peers(3), 1);
+        let settings = Settings {
+            me: "node0".into(),
+            peers: peers(3),
+            port: 1,
+            leader_fresh: Duration::from_secs(1),
+        };
+        let config = clusterlab_core::config::Config {
+            name: "node0".into(),
+            ..Default::default()
+        };
+        let (status_tx, status) = watch::channel(NodeStatus::new(&config, 1));
+        let (h, mut rx) = Handle::new(&settings, status);
         for name in ["127.0.0.1", "node0", "node9", "../health"] {
             let (code, _) = probe_route(State(h.clone()), Path(name.to_string())).await;
             assert_eq!(code, StatusCode::NOT_FOUND, "{name}");
@@ -955,6 +977,13 @@ mod tests {
             assert_eq!(code, StatusCode::NOT_FOUND, "{name}");
         }
         assert!(rx.try_recv().is_err());
+        // Only the leader's agent takes reports.
+        let (code, _) = suspect_route(State(h.clone()), Path("node2".into())).await;
+        assert_eq!(code, StatusCode::CONFLICT);
+        status_tx.send_modify(|s| {
+            s.role = Some(clusterlab_core::schema::Role::Leader);
+            s.leader_confirmed_at = Some(std::time::Instant::now());
+        });
         let (code, _) = suspect_route(State(h.clone()), Path("node2".into())).await;
         assert_eq!(code, StatusCode::ACCEPTED);
         assert_eq!(rx.try_recv().unwrap().suspect, "node2");

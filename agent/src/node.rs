@@ -48,7 +48,7 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    fn new(config: &Config, member_id: u64) -> Self {
+    pub(crate) fn new(config: &Config, member_id: u64) -> Self {
         NodeStatus {
             name: config.name.clone(),
             ip: config.ip.clone(),
@@ -102,8 +102,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             port: config.health_port,
             source,
         })?;
-    let (detector, reports) =
-        detect::Handle::new(&config.name, config.peer_list(), config.health_port);
+    // A leadership older than a few polls does not let this agent remove anyone.
+    let detect_settings = detect::Settings {
+        me: config.name.clone(),
+        peers: config.peer_list(),
+        port: config.health_port,
+        leader_fresh: Duration::from_millis(config.leader_poll_ms * 3).max(Duration::from_secs(1)),
+    };
+    let (detector, reports) = detect::Handle::new(&detect_settings, status_rx.clone());
     let health_task = tokio::spawn(health::serve(
         listener,
         status_rx.clone(),
@@ -112,15 +118,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         detect::routes(detector.clone()),
         stop.clone(),
     ));
-    // A leadership older than a few polls does not let this agent remove anyone.
-    let leader_fresh = Duration::from_millis(config.leader_poll_ms * 3).max(Duration::from_secs(1));
     let detect_task = tokio::spawn(detect::run(
-        detect::Settings {
-            me: config.name.clone(),
-            peers: config.peer_list(),
-            port: config.health_port,
-            leader_fresh,
-        },
+        detect_settings,
         client.clone(),
         status_rx.clone(),
         reports,

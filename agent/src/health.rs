@@ -91,15 +91,17 @@ pub fn health_of(node: NodeStatus, plugins: Vec<PluginReport>) -> (StatusCode, H
     )
 }
 
-/// Serves the health API until `stop` is cancelled.
+/// Serves the health API, with `extra` routes merged in (the failure detector's, see
+/// [`crate::detect::routes`]), until `stop` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     status: watch::Receiver<NodeStatus>,
     plugins: PluginHealth,
     fresh: Duration,
+    extra: Router,
     stop: CancellationToken,
 ) {
-    let app = router(status, plugins, fresh);
+    let app = router(status, plugins, fresh).merge(extra);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

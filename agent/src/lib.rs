@@ -8,9 +8,11 @@
 //! - [`keys`]: the decisions of the key loop (lease, node key, leader key), without effects.
 //! - [`node`]: the node's life: etcd, the key loop's effects, health, plugins, shutdown.
 //! - [`health`]: the health API on :8008.
+//! - [`detect`]: failure detection faster than the lease (peer probes, the leader's checks).
 //! - [`supervise`]: plugin processes, restarted with backoff.
 //! - [`leader_service`]: the service that runs on the leader only.
 
+pub mod detect;
 pub mod etcd;
 pub mod health;
 pub mod keys;

@@ -2,7 +2,7 @@
 //! plugins, all stopped in order on shutdown.
 
 use crate::keys::{role_of, Keys, LeaderKeyAction, RoleChange, SeenLeaderKey, Writer};
-use crate::{etcd, health, supervise};
+use crate::{detect, etcd, health, supervise};
 use clusterlab_core::config::Config;
 use clusterlab_core::schema::{self, LeaderRecord, NodeRecord, Peer, Role};
 use etcd_client::{
@@ -48,7 +48,7 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    fn new(config: &Config, member_id: u64) -> Self {
+    pub(crate) fn new(config: &Config, member_id: u64) -> Self {
         NodeStatus {
             name: config.name.clone(),
             ip: config.ip.clone(),
@@ -102,11 +102,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             port: config.health_port,
             source,
         })?;
+    // A leadership older than a few polls does not let this agent remove anyone.
+    let detect_settings = detect::Settings {
+        me: config.name.clone(),
+        peers: config.peer_list(),
+        port: config.health_port,
+        leader_fresh: Duration::from_millis(config.leader_poll_ms * 3).max(Duration::from_secs(1)),
+    };
+    let (detector, reports) = detect::Handle::new(&detect_settings, status_rx.clone());
     let health_task = tokio::spawn(health::serve(
         listener,
         status_rx.clone(),
         plugin_health.clone(),
         Duration::from_secs(config.lease_ttl_s),
+        detect::routes(detector.clone()),
+        stop.clone(),
+    ));
+    let detect_task = tokio::spawn(detect::run(
+        detect_settings,
+        client.clone(),
+        status_rx.clone(),
+        reports,
+        detector.counters.clone(),
+        stop.clone(),
+    ));
+    let (lost_tx, lost_rx) = mpsc::channel::<i64>(4);
+    let own_key_task = tokio::spawn(detect::watch_own_key(
+        config.name.clone(),
+        client.clone(),
+        status_rx.clone(),
+        lost_tx.clone(),
+        detector.counters.clone(),
         stop.clone(),
     ));
     let plugins_task = tokio::spawn(supervise::run_all(
@@ -125,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         client,
         member_id,
         status_tx,
+        (lost_tx, lost_rx),
         stop.clone(),
     ));
 
@@ -141,6 +168,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     stop.cancel();
     let _ = plugins_task.await;
     let _ = leader_task.await;
+    let _ = detect_task.await;
+    let _ = own_key_task.await;
     let _ = keys_task.await; // revokes the lease while etcd still runs
     let _ = health_task.await;
     supervise::terminate("etcd", &mut etcd_child, ETCD_GRACE).await;
@@ -321,12 +350,12 @@ async fn maintain_keys(
     mut client: Client,
     member_id: u64,
     status_tx: watch::Sender<NodeStatus>,
+    (lost_tx, mut lost_rx): (mpsc::Sender<i64>, mpsc::Receiver<i64>),
     stop: CancellationToken,
 ) {
     let ttl = config.lease_ttl_s;
     let mut tick = tokio::time::interval(Duration::from_millis(config.leader_poll_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (lost_tx, mut lost_rx) = mpsc::channel::<i64>(4);
     let mut lease: Option<Lease> = None;
     let mut keys =
         Keys::new(now_s()).with_election_timeout(Duration::from_millis(config.etcd.election_ms));

@@ -37,7 +37,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 /// `harness bench hosts`: kill a follower, then the leader, RUNS times on a cluster of its
 /// own, and print per run and as median/max the seconds until every survivor's /etc/hosts
 /// dropped the follower and showed the new leader as host0. Exits non-zero if a target is
-/// missed (follower: max ≤ lease TTL + 2 s; new host0: median ≤ 2.5 s).
+/// missed (follower: median ≤ 2 s, max ≤ 3 s whatever the lease TTL; new host0: median ≤
+/// 2.5 s; no false removal; the times doubled under --cpu-hog).
 #[derive(Args, Debug)]
 pub struct BenchHostsArgs {
     /// Number of runs (each kills a follower and then the leader).
@@ -46,9 +47,13 @@ pub struct BenchHostsArgs {
     /// Nodes in the benchmark cluster (at least 3).
     #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(3..=50))]
     pub nodes: usize,
-    /// TTL in seconds of each node's lease.
-    #[arg(long, default_value_t = 10)]
+    /// TTL in seconds of each node's lease (sets the nodes' lease_ttl_s).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub lease_ttl: u64,
+    /// Run the kills while busy threads of the benchmark saturate every core, and count
+    /// false removals (live nodes whose key was deleted) in the agents' logs.
+    #[arg(long)]
+    pub cpu_hog: bool,
     /// Name of the benchmark's own cluster (removed at the end).
     #[arg(long, default_value = "clusterlab-bench")]
     pub name: String,
@@ -69,14 +74,21 @@ async fn run_hosts(a: BenchHostsArgs) -> anyhow::Result<()> {
         name: a.name,
         subnet: a.subnet,
         image: images.node,
+        cpu_hog: a.cpu_hog,
     };
     println!(
-        "bench hosts: {} runs on {} nodes (cluster {}, lease TTL {} s)",
-        opts.runs, opts.nodes, opts.name, opts.lease_ttl_s
+        "bench hosts: {} runs on {} nodes (cluster {}, lease TTL {} s{}); {} before",
+        opts.runs,
+        opts.nodes,
+        opts.name,
+        opts.lease_ttl_s,
+        if opts.cpu_hog { ", CPU hog" } else { "" },
+        load_average()
     );
     // Run lines are printed as they finish; the totals close the report.
     let report = bench_hosts(&docker, &opts, |line| println!("{line}")).await?;
     print!("{}", report.totals());
+    println!("{} after", load_average());
     anyhow::ensure!(report.meets_targets(), "hosts benchmark missed a target");
     Ok(())
 }

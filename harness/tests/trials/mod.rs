@@ -5,6 +5,7 @@ use libtest_mimic::Trial;
 
 pub mod batch;
 pub mod common;
+pub mod detect;
 pub mod foundation;
 pub mod grading;
 pub mod hardening;
@@ -20,6 +21,7 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     let mut t = Vec::new();
     t.extend(foundation::trials(env));
     t.extend(hosts::trials(env));
+    t.extend(detect::trials(env));
     t.extend(ssh::trials(env));
     t.extend(trust::trials(env));
     t.extend(partition::trials(env));

@@ -50,7 +50,12 @@ async fn members_work_like_voters(c: Cluster) -> anyhow::Result<()> {
         } else {
             NodeKind::Member
         };
-        ensure!(n.kind == want, "{}: kind {:?}, want {want:?}", n.name, n.kind);
+        ensure!(
+            n.kind == want,
+            "{}: kind {:?}, want {want:?}",
+            n.name,
+            n.kind
+        );
         ensure!(n.has_key, "{} has no node key:\n{}", n.name, st.table());
     }
     ensure!(

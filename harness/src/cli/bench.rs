@@ -250,6 +250,11 @@ pub struct BenchScaleArgs {
     /// Subnet of the benchmark cluster, apart from the default cluster's.
     #[arg(long, default_value = "10.77.102.0/24")]
     pub subnet: Subnet,
+    /// Run this existing node image instead of building one from the tree (e.g. an older
+    /// build, for a before/after comparison of the idle cost; it must know the node
+    /// settings the run passes).
+    #[arg(long)]
+    pub image: Option<String>,
     #[command(flatten)]
     pub images: ImagesArgs,
 }
@@ -262,7 +267,14 @@ async fn run_scale(a: BenchScaleArgs) -> anyhow::Result<()> {
         clusterlab_core::config::MAX_VOTERS
     );
     let docker = crate::docker::connect().await?;
-    let images = crate::images::ensure_images(&docker, &a.images.options()).await?;
+    let image = match &a.image {
+        Some(i) => i.clone(),
+        None => {
+            crate::images::ensure_images(&docker, &a.images.options())
+                .await?
+                .node
+        }
+    };
     let opts = ScaleOptions {
         sizes: a.nodes.clone(),
         runs: a.runs,
@@ -272,7 +284,7 @@ async fn run_scale(a: BenchScaleArgs) -> anyhow::Result<()> {
         idle_window: Duration::from_secs(a.idle_s),
         name: a.name,
         subnet: a.subnet,
-        image: images.node,
+        image,
     };
     println!(
         "bench scale: sizes {:?}, {} voters, {} kill runs each, idle window {} s (cluster {}, lease TTL {} s); {}",

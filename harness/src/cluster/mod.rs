@@ -165,8 +165,12 @@ impl ClusterSpec {
             format!("CLUSTERLAB_PEERS={}", self.peers()),
             format!("CLUSTERLAB_CLUSTER={}", self.name),
             format!("CLUSTERLAB_LEASE_TTL_S={}", self.lease_ttl_s),
-            format!("CLUSTERLAB_ETCD__VOTERS={}", self.voters),
         ];
+        // The node's own default needs no variable (and an image older than `etcd.voters`,
+        // which would call it an unknown key, still runs).
+        if self.voters != clusterlab_core::config::DEFAULT_VOTERS {
+            env.push(format!("CLUSTERLAB_ETCD__VOTERS={}", self.voters));
+        }
         env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
         ContainerSpec {
             container: n.node_container(i),
@@ -666,6 +670,8 @@ mod tests {
         assert!(member
             .env
             .contains(&"CLUSTERLAB_ETCD__VOTERS=3".to_string()));
+        s.voters = clusterlab_core::config::DEFAULT_VOTERS;
+        assert!(!s.node_container(7).env.iter().any(|e| e.contains("VOTERS")));
         s.voters = 0;
         assert_eq!(s.voter_count(), 25);
         s.voters = 8;

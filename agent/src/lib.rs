@@ -4,7 +4,7 @@
 //! Node configuration, the etcd key schema, the etcd connection and signal/tracing set-up
 //! come from `clusterlab_core`, shared with every plugin that runs on a node.
 //!
-//! - [`etcd`]: etcd's flags, the child process and readiness.
+//! - [`etcd`]: etcd's flags, the child process and readiness; a member's startup plan (no etcd).
 //! - [`keys`]: the decisions of the key loop (lease, node key, leader key), without effects.
 //! - [`node`]: the node's life: etcd, the key loop's effects, health, plugins, shutdown.
 //! - [`health`]: the health API on :8008.

@@ -87,12 +87,28 @@ fn now_s() -> u64 {
 
 /// Runs the node until `shutdown` resolves or etcd dies.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    tracing::info!(node = %config.name, ip = %config.ip, peers = %config.peers, "starting etcd");
-    let mut etcd_child = etcd::spawn(&config)?;
-    let (client, member_id) = etcd::wait_ready(&config, &mut etcd_child).await?;
-    tracing::info!(member_id = %schema::member_id_hex(member_id), "etcd is answering");
+    let raft_changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (mut etcd_child, client, member_id) = match etcd::startup(&config) {
+        etcd::Startup::Voter { .. } => {
+            tracing::info!(node = %config.name, ip = %config.ip, peers = %config.peers, "starting etcd");
+            let mut child = etcd::spawn_watched(&config, raft_changed.clone())?;
+            let (client, member_id) = etcd::wait_ready(&config, &mut child).await?;
+            tracing::info!(member_id = %schema::member_id_hex(member_id), "etcd is answering");
+            (Some(child), client, Some(member_id))
+        }
+        etcd::Startup::Member { endpoints } => {
+            tracing::info!(node = %config.name, ip = %config.ip, voters = %endpoints.join(","), "member: no etcd here, reaching the voters");
+            let client = etcd::wait_voters(&endpoints).await;
+            tracing::info!("a voter is answering");
+            (None, client, None)
+        }
+    };
 
-    let (status_tx, status_rx) = watch::channel(NodeStatus::new(&config, member_id));
+    let mut first = NodeStatus::new(&config, member_id.unwrap_or(0));
+    if member_id.is_none() {
+        first.member_id = String::new();
+    }
+    let (status_tx, status_rx) = watch::channel(first);
     let stop = CancellationToken::new();
     let plugin_health = supervise::PluginHealth::new(&config.plugins);
 
@@ -152,6 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         member_id,
         status_tx,
         (lost_tx, lost_rx),
+        raft_changed,
         stop.clone(),
     ));
 
@@ -160,7 +177,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!("shutdown requested");
             Ok(())
         }
-        status = etcd_child.wait() => Err(AgentError::EtcdDied {
+        status = wait_child(etcd_child.as_mut()) => Err(AgentError::EtcdDied {
             node: config.name.clone(),
             status: status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
         }),
@@ -172,8 +189,58 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = own_key_task.await;
     let _ = keys_task.await; // revokes the lease while etcd still runs
     let _ = health_task.await;
-    supervise::terminate("etcd", &mut etcd_child, ETCD_GRACE).await;
+    if let Some(child) = etcd_child.as_mut() {
+        supervise::terminate("etcd", child, ETCD_GRACE).await;
+    }
     result
+}
+
+/// Waits for the etcd child to exit; never resolves on a member, which has none.
+async fn wait_child(
+    child: Option<&mut tokio::process::Child>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// While nothing changes, the key loop reads Status this many times less often than
+/// `leader_poll_ms` (at least every [`IDLE_POLL_MIN`]): an idle node's agent then costs
+/// next to nothing. A raft change in etcd's log, a failed call, a role change or any key
+/// write due brings the `leader_poll_ms` pace back for [`FAST_WINDOW_ELECTIONS`] election
+/// timeouts (at least [`FAST_WINDOW_MIN`]).
+pub const IDLE_POLL_FACTOR: u32 = 5;
+/// Shortest idle poll period.
+pub const IDLE_POLL_MIN: Duration = Duration::from_secs(1);
+/// Election timeouts the fast pace lasts after something changed.
+pub const FAST_WINDOW_ELECTIONS: u32 = 3;
+/// Shortest fast window.
+pub const FAST_WINDOW_MIN: Duration = Duration::from_secs(3);
+
+/// How long the key loop sleeps before its next Status read.
+fn next_poll(
+    now: bool,
+    fast_until: tokio::time::Instant,
+    fast: Duration,
+    idle: Duration,
+) -> Duration {
+    if now {
+        Duration::ZERO
+    } else if tokio::time::Instant::now() < fast_until {
+        fast
+    } else {
+        idle
+    }
+}
+
+/// The key loop's fast pace, idle pace and fast window, from the configuration.
+pub fn poll_paces(config: &Config) -> (Duration, Duration, Duration) {
+    let fast = Duration::from_millis(config.leader_poll_ms.max(1));
+    let idle = (fast * IDLE_POLL_FACTOR).max(IDLE_POLL_MIN);
+    let window = (Duration::from_millis(config.etcd.election_ms) * FAST_WINDOW_ELECTIONS)
+        .max(FAST_WINDOW_MIN);
+    (fast, idle, window)
 }
 
 /// Plugins get this long between SIGTERM and SIGKILL when the node shuts down. They keep no
@@ -348,18 +415,21 @@ fn record_status(status_tx: &watch::Sender<NodeStatus>, st: &StatusResponse, rol
 async fn maintain_keys(
     config: Config,
     mut client: Client,
-    member_id: u64,
+    member_id: Option<u64>,
     status_tx: watch::Sender<NodeStatus>,
     (lost_tx, mut lost_rx): (mpsc::Sender<i64>, mpsc::Receiver<i64>),
+    raft_changed: std::sync::Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
     let ttl = config.lease_ttl_s;
-    let mut tick = tokio::time::interval(Duration::from_millis(config.leader_poll_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (fast, idle, window) = poll_paces(&config);
+    let mut fast_until = tokio::time::Instant::now() + window;
+    let mut poll_now = true;
     let mut lease: Option<Lease> = None;
     let mut keys =
         Keys::new(now_s()).with_election_timeout(Duration::from_millis(config.etcd.election_ms));
-    let my_id = schema::member_id_hex(member_id);
+    // A member has no etcd member id: its record carries "" and it never leads.
+    let my_id = member_id.map(schema::member_id_hex).unwrap_or_default();
     let peers = config.peer_list();
 
     loop {
@@ -371,10 +441,16 @@ async fn maintain_keys(
                     status_tx.send_modify(|s| s.lease_id = None);
                 }
             }
-            _ = tick.tick() => {
+            _ = raft_changed.notified() => {
+                fast_until = tokio::time::Instant::now() + window;
+                poll_now = true;
+            }
+            _ = tokio::time::sleep(next_poll(poll_now, fast_until, fast, idle)) => {
+                poll_now = false;
                 let st = match timed(KeyOp::ReadStatus, client.status()).await {
                     Ok(st) => st,
                     Err(e) => {
+                        fast_until = tokio::time::Instant::now() + window;
                         status_tx.send_modify(|s| {
                             s.etcd_ok = false;
                             s.last_error = Some(e.to_string());
@@ -382,9 +458,15 @@ async fn maintain_keys(
                         continue;
                     }
                 };
-                let role = role_of(st.leader(), member_id);
+                let role = match member_id {
+                    Some(id) => role_of(st.leader(), id),
+                    None => Role::Follower,
+                };
                 record_status(&status_tx, &st, role);
                 let (change, plan) = keys.poll(role, tokio::time::Instant::now(), now_s());
+                if change.is_some() || plan.grant_lease || plan.put_node_key.is_some() {
+                    fast_until = tokio::time::Instant::now() + window;
+                }
                 if let Some(RoleChange { from: Some(from), to }) = change {
                     tracing::info!(from = ?Some(from), to = %to, term = st.raft_term(), "role changed");
                 }
@@ -589,6 +671,20 @@ mod tests {
         assert_eq!(renew_every(2), Duration::from_millis(666));
         assert_eq!(renew_every(1), MIN_RENEW_EVERY);
         assert_eq!(renew_every(0), MIN_RENEW_EVERY);
+    }
+
+    #[test]
+    fn idle_polls_are_five_times_slower_and_changes_bring_the_fast_pace_back() {
+        let config = Config::default();
+        let (fast, idle, window) = poll_paces(&config);
+        assert_eq!(fast, Duration::from_millis(200));
+        assert_eq!(idle, Duration::from_secs(1));
+        assert_eq!(window, Duration::from_secs(3));
+        let later = tokio::time::Instant::now() + Duration::from_secs(60);
+        let past = tokio::time::Instant::now() - Duration::from_millis(1);
+        assert_eq!(next_poll(true, later, fast, idle), Duration::ZERO);
+        assert_eq!(next_poll(false, later, fast, idle), fast);
+        assert_eq!(next_poll(false, past, fast, idle), idle);
     }
 
     #[test]

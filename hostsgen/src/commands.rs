@@ -67,7 +67,7 @@ pub async fn render_etcd(
 ) -> Result<String, CommandError> {
     let config = Config::load(config)?;
     let endpoints = if endpoints.is_empty() {
-        vec![config.local_endpoint()]
+        config.client_endpoints()
     } else {
         endpoints
     };
@@ -84,7 +84,7 @@ pub fn watch_settings(
     hosts_file: Option<PathBuf>,
 ) -> watch::Settings {
     let endpoints = if endpoints.is_empty() {
-        vec![config.local_endpoint()]
+        config.client_endpoints()
     } else {
         endpoints
     };

@@ -41,9 +41,16 @@ pub struct SyncOptions {
     pub manage_user: bool,
     /// Rebuild once and return instead of watching.
     pub once: bool,
-    /// Fallback poll period.
+    /// Poll period while some path could not be watched (no file events for it).
     pub poll: Duration,
+    /// Poll period while every path is watched: file events bring changes, the poll only
+    /// catches what they could miss (a watched folder removed and made again) and sets the
+    /// watches up again.
+    pub watched_poll: Duration,
 }
+
+/// [`SyncOptions::watched_poll`] by default: an idle node's sync then wakes twice a minute.
+pub const WATCHED_POLL: Duration = Duration::from_secs(30);
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -52,6 +59,7 @@ impl Default for SyncOptions {
             manage_user: true,
             once: false,
             poll: Duration::from_secs(1),
+            watched_poll: WATCHED_POLL,
         }
     }
 }
@@ -267,9 +275,7 @@ pub async fn run(
     }
 
     let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-    let _watcher = watch(paths, tx);
-    let mut poll = tokio::time::interval(opts.poll);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watcher = watch(paths, tx.clone());
     let mut sshd = Sshd::new(opts.run_sshd, paths.sshd_pidfile.clone());
     sshd.start().await;
     tokio::pin!(shutdown);
@@ -282,7 +288,12 @@ pub async fn run(
                 tokio::time::sleep(DEBOUNCE).await;
                 while events.try_recv().is_ok() {}
             }
-            _ = poll.tick() => {}
+            _ = tokio::time::sleep(poll_period(&opts, watcher.is_some())) => {
+                // Set the watches up again: a watched folder that was removed and made
+                // again lost its watch.
+                drop(watcher.take());
+                watcher = watch(paths, tx.clone());
+            }
             status = sshd.wait() => {
                 tracing::warn!(%status, "sshd exited");
                 sshd.schedule_restart();
@@ -315,7 +326,7 @@ pub async fn run(
 }
 
 /// Sets up inotify watches; events are coalesced into a channel of capacity one. Failing to
-/// watch is not fatal: the poll tick still rebuilds.
+/// watch is not fatal: the poll tick still rebuilds. None unless every path is watched.
 fn watch(paths: &Paths, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let handler = move |res: notify::Result<notify::Event>| {
@@ -330,12 +341,23 @@ fn watch(paths: &Paths, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::Rec
             return None;
         }
     };
+    let mut all = true;
     for p in [&paths.users_dir, &paths.hosts_dir, &paths.hosts_file] {
         if let Err(e) = watcher.watch(p, RecursiveMode::NonRecursive) {
-            tracing::warn!(path = %p.display(), error = %e, "cannot watch; relying on polling");
+            tracing::debug!(path = %p.display(), error = %e, "cannot watch; polling");
+            all = false;
         }
     }
-    Some(watcher)
+    all.then_some(watcher)
+}
+
+/// The poll period: slow while every path is watched, `opts.poll` otherwise.
+fn poll_period(opts: &SyncOptions, watched: bool) -> Duration {
+    if watched {
+        opts.watched_poll.max(opts.poll)
+    } else {
+        opts.poll
+    }
 }
 
 /// Resolves at `at`; pending forever when there is nothing scheduled.

@@ -199,7 +199,7 @@ pub async fn bench_hosts(
     result
 }
 
-async fn bench_runs(
+pub async fn bench_runs(
     c: &Cluster,
     opts: &BenchOptions,
     progress: &mut impl FnMut(&str),

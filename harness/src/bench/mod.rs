@@ -6,10 +6,12 @@
 //! - [`hosts`]: seconds until every survivor's /etc/hosts follows a dead follower and leader.
 //! - [`failover`]: a leader kill under a steady stream of GETs through the gateway.
 //! - [`proxy`]: what the gateway costs against straight to the leader.
+//! - [`scale`]: time to agree, idle CPU per node and program, and kills, per cluster size.
 
 pub mod failover;
 pub mod hosts;
 pub mod proxy;
+pub mod scale;
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::docker::HarnessError;

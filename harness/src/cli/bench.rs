@@ -6,6 +6,7 @@ use super::ImagesArgs;
 use crate::bench::failover::{bench_failover, FailoverOptions};
 use crate::bench::hosts::{bench_hosts, BenchOptions};
 use crate::bench::proxy::{bench_proxy, ProxyOptions};
+use crate::bench::scale::{bench_scale, ScaleOptions};
 use crate::bench::{load_average, BenchSetup};
 use crate::names::Subnet;
 use bollard::Docker;
@@ -23,6 +24,9 @@ pub enum BenchCommand {
     /// Requests/s, p50/p99 latency and CPU per request through the gateway against direct to
     /// the leader, with a byte relay at the gateway as the floor of the extra hop.
     Proxy(BenchProxyArgs),
+    /// Per cluster size: seconds until every key is present and every table identical, idle
+    /// CPU per node and program, and the follower/leader kill figures of `bench hosts`.
+    Scale(BenchScaleArgs),
 }
 
 /// Runs one benchmark.
@@ -31,6 +35,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Hosts(a) => run_hosts(a).await,
         BenchCommand::Failover(a) => run_failover(a).await,
         BenchCommand::Proxy(a) => run_proxy(a).await,
+        BenchCommand::Scale(a) => run_scale(a).await,
     }
 }
 
@@ -221,5 +226,90 @@ async fn run_proxy(a: BenchProxyArgs) -> anyhow::Result<()> {
     let report = bench_proxy(&docker, &opts, |l| println!("{l}")).await?;
     print!("{}", report.summary());
     anyhow::ensure!(report.meets_target(), "proxy benchmark missed its target");
+    Ok(())
+}
+
+/// `harness bench scale`: for each size in NODES, a fresh cluster: seconds from the start of
+/// `up` until every node key is present and every /etc/hosts identical; after a quiet
+/// period, each node's idle CPU per program (`/proc/<pid>/stat` over a window); then RUNS
+/// follower and leader kills as `bench hosts` runs them. Exits non-zero if a target is missed
+/// (25 nodes agree within 30 s; follower dropped at 25 nodes within 3 s; every node's
+/// non-etcd programs ≤ 0.5 % of a core when idle).
+#[derive(Args, Debug)]
+pub struct BenchScaleArgs {
+    /// Cluster sizes, comma separated (3 to 25 each).
+    #[arg(long, value_delimiter = ',', default_values_t = [3usize, 9, 25],
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(3..=25))]
+    pub nodes: Vec<usize>,
+    /// Follower and leader kills per size (0: none).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=20))]
+    pub runs: usize,
+    /// `etcd.voters` of every cluster (1 to 7; 0: every node votes).
+    #[arg(long, default_value_t = clusterlab_core::config::DEFAULT_VOTERS)]
+    pub voters: usize,
+    /// TTL in seconds of each node's lease.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
+    /// Seconds of quiet after the cluster agreed, before the idle window.
+    #[arg(long, default_value_t = 15)]
+    pub settle_s: u64,
+    /// Seconds of the idle CPU window.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(5..=600))]
+    pub idle_s: u64,
+    /// Name of the benchmark's own cluster (removed at the end).
+    #[arg(long, default_value = "clusterlab-bench-scale")]
+    pub name: String,
+    /// Subnet of the benchmark cluster, apart from the default cluster's.
+    #[arg(long, default_value = "10.77.102.0/24")]
+    pub subnet: Subnet,
+    /// Run this existing node image instead of building one from the tree (e.g. an older
+    /// build, for a before/after comparison of the idle cost; it must know the node
+    /// settings the run passes).
+    #[arg(long)]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub images: ImagesArgs,
+}
+
+async fn run_scale(a: BenchScaleArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.voters <= clusterlab_core::config::MAX_VOTERS,
+        "--voters {} is more than {}",
+        a.voters,
+        clusterlab_core::config::MAX_VOTERS
+    );
+    let docker = crate::docker::connect().await?;
+    let image = match &a.image {
+        Some(i) => i.clone(),
+        None => {
+            crate::images::ensure_images(&docker, &a.images.options())
+                .await?
+                .node
+        }
+    };
+    let opts = ScaleOptions {
+        sizes: a.nodes.clone(),
+        runs: a.runs,
+        voters: a.voters,
+        lease_ttl_s: a.lease_ttl,
+        settle: Duration::from_secs(a.settle_s),
+        idle_window: Duration::from_secs(a.idle_s),
+        name: a.name,
+        subnet: a.subnet,
+        image,
+    };
+    println!(
+        "bench scale: sizes {:?}, {} voters, {} kill runs each, idle window {} s (cluster {}, lease TTL {} s); {}",
+        opts.sizes,
+        opts.voters,
+        opts.runs,
+        a.idle_s,
+        opts.name,
+        opts.lease_ttl_s,
+        load_average()
+    );
+    let report = bench_scale(&docker, &opts, |line| println!("{line}")).await?;
+    print!("{}", report.summary());
+    anyhow::ensure!(report.meets_targets(), "scale benchmark missed a target");
     Ok(())
 }

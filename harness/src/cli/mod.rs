@@ -123,6 +123,10 @@ pub struct UpArgs {
     /// TTL in seconds of each node's lease.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl: u64,
+    /// Nodes 0 … VOTERS−1 run etcd members; the others are etcd clients of them (1 to 7;
+    /// 0: every node runs etcd).
+    #[arg(long, default_value_t = clusterlab_core::config::DEFAULT_VOTERS)]
+    pub voters: usize,
     /// Do not start the gateway (the proxy that follows the leader).
     #[arg(long)]
     pub no_gateway: bool,
@@ -250,6 +254,7 @@ pub async fn pick_target(c: &Cluster, target: &str) -> Result<String, TargetErro
 async fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut spec = ClusterSpec::new(&a.name, a.nodes as usize, "");
     spec.subnet = a.subnet;
+    spec.voters = a.voters;
     spec.lease_ttl_s = a.lease_ttl;
     spec.gateway = !a.no_gateway;
     spec.gateway_port = a.port;

@@ -15,7 +15,7 @@ pub use objects::{
     down, exec_in, list_objects, logs_tail, ClusterObjects, Confinement, ContainerRole,
     ContainerSpec, ExecOutput, Stopped,
 };
-pub use status::{probe_member, ClusterStatus, GatewayState, NodeState, ProbeError};
+pub use status::{probe_member, ClusterStatus, GatewayState, NodeKind, NodeState, ProbeError};
 
 use crate::docker::{ctx, is_not_found, HarnessError, Result};
 use crate::names::{
@@ -40,6 +40,9 @@ pub struct ClusterSpec {
     /// The node image (see [`crate::images`]).
     pub image: String,
     pub lease_ttl_s: u64,
+    /// Nodes 0 … voters−1 run etcd members (voters); the others are etcd clients of them
+    /// (members). 0: every node is a voter. Passed to the nodes as `etcd.voters`.
+    pub voters: usize,
     /// Start the gateway container running `proxy`.
     pub gateway: bool,
     /// Host port on 127.0.0.1 for the gateway; 0 lets Docker choose.
@@ -65,6 +68,7 @@ impl ClusterSpec {
             }),
             image: image.into(),
             lease_ttl_s: 10,
+            voters: clusterlab_core::config::DEFAULT_VOTERS,
             gateway: true,
             gateway_port: 8888,
             env: Vec::new(),
@@ -88,6 +92,16 @@ impl ClusterSpec {
                 reason: format!(
                     "{} has no room for {} nodes starting at offset {FIRST_NODE_OFFSET}",
                     self.subnet, self.nodes
+                ),
+            });
+        }
+        if self.voters > clusterlab_core::config::MAX_VOTERS {
+            return Err(HarnessError::BadSpec {
+                field: "--voters".into(),
+                reason: format!(
+                    "{} is out of range: give 1 to {} (0: every node votes)",
+                    self.voters,
+                    clusterlab_core::config::MAX_VOTERS
                 ),
             });
         }
@@ -123,9 +137,20 @@ impl ClusterSpec {
             .join(",")
     }
 
-    /// Client URLs of every node's etcd member.
+    /// Whether node `i` runs an etcd member (a voter) rather than only its client (a member).
+    pub fn is_voter(&self, i: usize) -> bool {
+        self.voters == 0 || i < self.voters
+    }
+
+    /// Number of voters.
+    pub fn voter_count(&self) -> usize {
+        (0..self.nodes).filter(|&i| self.is_voter(i)).count()
+    }
+
+    /// Client URLs of every voter's etcd member (members run none).
     pub fn etcd_endpoints(&self) -> Vec<String> {
         (0..self.nodes)
+            .filter(|&i| self.is_voter(i))
             .map(|i| format!("http://{}:2379", self.node_ip(i)))
             .collect()
     }
@@ -141,6 +166,11 @@ impl ClusterSpec {
             format!("CLUSTERLAB_CLUSTER={}", self.name),
             format!("CLUSTERLAB_LEASE_TTL_S={}", self.lease_ttl_s),
         ];
+        // The node's own default needs no variable (and an image older than `etcd.voters`,
+        // which would call it an unknown key, still runs).
+        if self.voters != clusterlab_core::config::DEFAULT_VOTERS {
+            env.push(format!("CLUSTERLAB_ETCD__VOTERS={}", self.voters));
+        }
         env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
         ContainerSpec {
             container: n.node_container(i),
@@ -195,6 +225,7 @@ impl ClusterSpec {
             ("clusterlab.subnet", self.subnet.to_string()),
             ("clusterlab.image", self.image.clone()),
             ("clusterlab.lease_ttl_s", self.lease_ttl_s.to_string()),
+            ("clusterlab.voters", self.voters.to_string()),
             ("clusterlab.gateway", self.gateway.to_string()),
             ("clusterlab.gateway_port", self.gateway_port.to_string()),
         ]
@@ -302,6 +333,11 @@ impl Cluster {
             .parse()
             .map_err(|_| bad("clusterlab.subnet"))?;
         spec.lease_ttl_s = parse("clusterlab.lease_ttl_s")?;
+        // Clusters made before `etcd.voters` carry no such label: every node voted.
+        spec.voters = match l.get("clusterlab.voters") {
+            Some(v) => v.parse().map_err(|_| bad("clusterlab.voters"))?,
+            None => 0,
+        };
         spec.gateway = get("clusterlab.gateway")? == "true";
         spec.gateway_port = get("clusterlab.gateway_port")?
             .parse()
@@ -432,8 +468,11 @@ impl Cluster {
         let probes = (0..self.spec.nodes).map(|i| {
             let state = state_of(&self.names.node_container(i));
             let endpoint = format!("http://{}:2379", self.spec.node_ip(i));
+            let voter = self.spec.is_voter(i);
             async move {
-                if state.is_running() {
+                if !voter {
+                    Err(ProbeError::NoMember)
+                } else if state.is_running() {
                     probe_member(&endpoint, Some(peers)).await
                 } else {
                     Err(ProbeError::NotRunning(state))
@@ -453,6 +492,11 @@ impl Cluster {
                 self.spec.node_ip(i).to_string(),
                 state_of(&container),
             );
+            ns.kind = if self.spec.is_voter(i) {
+                NodeKind::Voter
+            } else {
+                NodeKind::Member
+            };
             let status = probe.map(|p| {
                 ns = ns.clone().with_member(&p.status);
                 if view.is_none() {
@@ -460,7 +504,10 @@ impl Cluster {
                 }
                 p.status
             });
-            statuses.push((name, status));
+            // Members run no etcd: only the voters' reports decide etcd's leader.
+            if self.spec.is_voter(i) {
+                statuses.push((name, status));
+            }
             nodes.push(ns);
         }
         let view = view.unwrap_or_default();
@@ -601,6 +648,35 @@ mod tests {
         let mut s = spec(3);
         s.env.push(("PATH".into(), "/x".into()));
         assert!(s.validate().unwrap_err().to_string().contains("--env PATH"));
+    }
+
+    #[test]
+    fn members_get_the_voter_count_and_only_voters_are_endpoints() {
+        let mut s = spec(25);
+        assert!(s.validate().is_ok(), "25 nodes fit the /24 plan");
+        assert_eq!(s.node_ip(24).to_string(), "10.77.0.34");
+        s.voters = 3;
+        assert!(s.is_voter(2) && !s.is_voter(3));
+        assert_eq!(s.voter_count(), 3);
+        assert_eq!(
+            s.etcd_endpoints(),
+            [
+                "http://10.77.0.10:2379",
+                "http://10.77.0.11:2379",
+                "http://10.77.0.12:2379"
+            ]
+        );
+        let member = s.node_container(7);
+        assert!(member
+            .env
+            .contains(&"CLUSTERLAB_ETCD__VOTERS=3".to_string()));
+        s.voters = clusterlab_core::config::DEFAULT_VOTERS;
+        assert!(!s.node_container(7).env.iter().any(|e| e.contains("VOTERS")));
+        s.voters = 0;
+        assert_eq!(s.voter_count(), 25);
+        s.voters = 8;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("--voters"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,27 @@ pub enum ProbeError {
     Timeout { endpoint: String },
     #[error("its container is {0}")]
     NotRunning(ContainerState),
+    #[error("it is a member: it runs no etcd")]
+    NoMember,
+}
+
+/// Whether a node runs an etcd member (`etcd.voters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// Runs an etcd member.
+    Voter,
+    /// Runs no etcd; its programs are clients of the voters.
+    Member,
+}
+
+impl NodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Voter => "voter",
+            NodeKind::Member => "member",
+        }
+    }
 }
 
 /// One member's answer: its Status, and (when asked) the `/clusterlab/` keys it holds.
@@ -110,6 +131,8 @@ pub struct NodeState {
     pub ip: String,
     /// Docker's container state (running, exited, …; `missing` when there is none).
     pub state: ContainerState,
+    /// Voter (runs etcd) or member (a client of the voters).
+    pub kind: NodeKind,
     /// The role the node's own etcd member reports; None if unreachable or if it knows no
     /// leader.
     pub etcd_role: Option<Role>,
@@ -129,6 +152,7 @@ impl NodeState {
             container,
             ip,
             state,
+            kind: NodeKind::Voter,
             etcd_role: None,
             member_id: None,
             raft_leader: None,
@@ -205,8 +229,8 @@ impl ClusterStatus {
     /// A table for people.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<8} {:<22} {:<14} {:<9} {:<10} {:<17} {}\n",
-            "NODE", "CONTAINER", "IP", "STATE", "ETCD ROLE", "MEMBER", "KEY"
+            "{:<8} {:<22} {:<14} {:<9} {:<6} {:<10} {:<17} {}\n",
+            "NODE", "CONTAINER", "IP", "STATE", "KIND", "ETCD ROLE", "MEMBER", "KEY"
         );
         for n in &self.nodes {
             let role = if n.member_id.is_some() {
@@ -215,11 +239,12 @@ impl ClusterStatus {
                 "-".into()
             };
             out.push_str(&format!(
-                "{:<8} {:<22} {:<14} {:<9} {:<10} {:<17} {}\n",
+                "{:<8} {:<22} {:<14} {:<9} {:<6} {:<10} {:<17} {}\n",
                 n.name,
                 n.container,
                 n.ip,
                 n.state.as_str(),
+                n.kind.as_str(),
                 role,
                 n.member_id.as_deref().unwrap_or("-"),
                 if n.has_key { "yes" } else { "no" }
@@ -270,6 +295,7 @@ mod tests {
         assert_eq!(v["raft_leader"], "ab");
         assert_eq!(v["raft_term"], 3);
         assert_eq!(v["has_key"], false);
+        assert_eq!(v["kind"], "voter");
         let follower = MemberStatus {
             member_id: 1,
             leader_id: 2,

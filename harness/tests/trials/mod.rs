@@ -11,6 +11,7 @@ pub mod grading;
 pub mod hardening;
 pub mod hostile;
 pub mod hosts;
+pub mod members;
 pub mod partition;
 pub mod proxy;
 pub mod ssh;
@@ -22,6 +23,7 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(foundation::trials(env));
     t.extend(hosts::trials(env));
     t.extend(detect::trials(env));
+    t.extend(members::trials(env));
     t.extend(ssh::trials(env));
     t.extend(trust::trials(env));
     t.extend(partition::trials(env));

@@ -117,7 +117,7 @@ async fn verify_all(c: &Cluster, node: &str, expect: &[String]) -> Result<Vec<u6
 
 /// Waits until `sshkeys verify --all` passes on every node of `on` for every node of `expect`.
 /// Returns the time it took and the slowest single check seen in the passing round.
-async fn wait_mesh(
+pub(super) async fn wait_mesh(
     c: &Cluster,
     on: &[String],
     expect: &[String],

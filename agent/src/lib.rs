@@ -10,11 +10,13 @@
 //! - [`health`]: the health API on :8008.
 //! - [`supervise`]: plugin processes, restarted with backoff.
 //! - [`leader_service`]: the service that runs on the leader only.
+//! - [`metrics`]: `/metrics` on the health port (Prometheus text).
 
 pub mod etcd;
 pub mod health;
 pub mod keys;
 pub mod leader_service;
+pub mod metrics;
 pub mod node;
 pub mod supervise;
 

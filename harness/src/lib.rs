@@ -11,6 +11,8 @@
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test`).
 //! - [`probe`]: looking at a running cluster from outside (hosts files, HTTP, a stream of
 //!   GETs), shared by the trials and the benchmarks.
+//! - [`events`]: one typed, time-stamped stream of what changes in a cluster (Docker events,
+//!   etcd watches, raft term/leader), for `harness events`, the live view and timelines.
 //! - [`faults`]: network partitions (iptables DROP inside the nodes) and healing them.
 //! - [`cluster`]: the cluster spec, the one owner of a cluster's Docker objects
 //!   (`cluster::objects`), status; up, kill, start, exec, down.
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod docker;
+pub mod events;
 pub mod faults;
 pub mod grade;
 pub mod images;

@@ -9,6 +9,7 @@ use crate::names::{Subnet, DEFAULT_CLUSTER, DEFAULT_SUBNET};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod events;
 mod faults;
 mod grade;
 mod node;
@@ -16,6 +17,7 @@ mod node;
 pub use bench::{
     BenchClusterArgs, BenchCommand, BenchFailoverArgs, BenchHostsArgs, BenchProxyArgs,
 };
+pub use events::EventsArgs;
 pub use faults::{HealArgs, PartitionArgs};
 pub use node::{LogsArgs, SshArgs, CLUSTER_USER};
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ use std::time::Duration;
 ///   harness kill leader        # SIGKILL the raft leader's container
 ///   harness ssh node1          # a shell on node1 as the cluster user admin
 ///   harness logs node1         # its agent's and plugins' output
+///   harness events --follow    # kills, keys, leader and raft term changes as they happen
 ///   harness start node1        # bring a node back with its identity
 ///   harness down               # remove every container, network and volume of the cluster
 #[derive(Parser, Debug)]
@@ -71,6 +74,10 @@ pub enum Command {
     /// A node's output: the agent's log with every plugin's lines (--plugin NAME to filter).
     #[command(long_about = node::LOGS_HELP, verbatim_doc_comment)]
     Logs(LogsArgs),
+    /// One time-stamped line per change: container kills/deaths/starts, node and leader keys,
+    /// raft term and leader (--follow: until Ctrl-C).
+    #[command(long_about = events::EVENTS_HELP, verbatim_doc_comment)]
+    Events(EventsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -198,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Heal(a) => faults::run_heal(a).await?,
         Command::Ssh(a) => node::run_ssh(a).await?,
         Command::Logs(a) => node::run_logs(a).await?,
+        Command::Events(a) => events::run(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
             let n = cluster::down(&docker, &a.name).await?;

@@ -44,27 +44,68 @@ const BUFFER: usize = 1024;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     /// A container's state at the time of the snapshot.
-    State { node: String, state: String },
-    Killed { node: String, signal: String },
-    Died { node: String, exit_code: Option<i64> },
-    Started { node: String },
-    Paused { node: String },
-    Unpaused { node: String },
-    Connected { node: String, network: String },
-    Disconnected { node: String, network: String },
+    State {
+        node: String,
+        state: String,
+    },
+    Killed {
+        node: String,
+        signal: String,
+    },
+    Died {
+        node: String,
+        exit_code: Option<i64>,
+    },
+    Started {
+        node: String,
+    },
+    Paused {
+        node: String,
+    },
+    Unpaused {
+        node: String,
+    },
+    Connected {
+        node: String,
+        network: String,
+    },
+    Disconnected {
+        node: String,
+        network: String,
+    },
     /// `/clusterlab/nodes/<node>` was written (or is present, in a snapshot).
-    NodeKey { node: String, role: Role },
+    NodeKey {
+        node: String,
+        role: Role,
+    },
     /// `/clusterlab/nodes/<node>` is gone; `expired` when it was on a lease.
-    NodeKeyGone { node: String, expired: bool },
+    NodeKeyGone {
+        node: String,
+        expired: bool,
+    },
     /// `/clusterlab/leader` names `node`.
-    LeaderKey { node: String, term: u64 },
-    LeaderKeyGone { expired: bool },
+    LeaderKey {
+        node: String,
+        term: u64,
+    },
+    LeaderKeyGone {
+        expired: bool,
+    },
     /// The highest raft term the members report, and the leader they agree on.
-    RaftTerm { term: u64, leader: Option<String> },
+    RaftTerm {
+        term: u64,
+        leader: Option<String>,
+    },
     /// A key/value read from etcd that did not pass validation.
-    Refused { key: String, reason: String },
+    Refused {
+        key: String,
+        reason: String,
+    },
     /// A source stopped working for a while (it retries).
-    SourceError { source: String, error: String },
+    SourceError {
+        source: String,
+        error: String,
+    },
 }
 
 /// A change and when the harness saw it (Docker's own time for Docker events).
@@ -216,7 +257,9 @@ pub fn judge_kv(
     }
     let name = key_text.strip_prefix(schema::NODES_PREFIX)?;
     if !schema::is_valid_label(name) {
-        return Some(refused("the node name is not a valid hostname label".into()));
+        return Some(refused(
+            "the node name is not a valid hostname label".into(),
+        ));
     }
     Some(match value {
         None => Change::NodeKeyGone {
@@ -320,9 +363,11 @@ pub async fn snapshot(c: &Cluster) -> Result<(Vec<Event>, Cursor), HarnessError>
         let opts = etcd_client::GetOptions::new()
             .with_prefix()
             .with_serializable();
-        let Ok(Ok(resp)) =
-            tokio::time::timeout(Duration::from_secs(2), client.get(schema::PREFIX, Some(opts)))
-                .await
+        let Ok(Ok(resp)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(schema::PREFIX, Some(opts)),
+        )
+        .await
         else {
             continue;
         };
@@ -442,11 +487,7 @@ async fn docker_source(c: Cluster, since_s: u64, tx: mpsc::Sender<Event>) {
                 let Ok(info) = c.docker.inspect_container(id, None).await else {
                     continue;
                 };
-                let Some(node) = info
-                    .name
-                    .as_deref()
-                    .and_then(|n| short_name(&cluster, n))
-                else {
+                let Some(node) = info.name.as_deref().and_then(|n| short_name(&cluster, n)) else {
                     continue;
                 };
                 if action == "connect" {

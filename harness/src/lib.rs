@@ -8,6 +8,8 @@
 //! - [`bench`]: `harness bench hosts|failover|proxy`, each on a cluster of its own.
 //! - [`grade`]: `harness grade`: profiles, a submission's cluster, scenarios judged from
 //!   outside, report.json and junit.xml.
+//! - [`view`]: the live page (`harness view`): the cluster drawn from [`events`], live,
+//!   with kill/start/isolate/heal buttons behind a per-run token, on 127.0.0.1 only.
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test`).
 //! - [`probe`]: looking at a running cluster from outside (hosts files, HTTP, a stream of
 //!   GETs), shared by the trials and the benchmarks.
@@ -39,6 +41,7 @@ pub mod probe;
 pub mod progress;
 pub mod shutdown;
 pub mod trial;
+pub mod view;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ExecOutput, NodeState};

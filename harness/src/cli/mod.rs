@@ -20,7 +20,7 @@ pub use bench::{
 };
 pub use events::EventsArgs;
 pub use faults::{HealArgs, PartitionArgs};
-pub use node::{LogsArgs, SshArgs, CLUSTER_USER};
+pub use node::{line_plugin, LogsArgs, SshArgs, CLUSTER_USER};
 use std::path::PathBuf;
 use std::time::Duration;
 pub use view::{state_file as view_state_file, ViewArgs};

@@ -4,6 +4,7 @@ use harness::trial::Environment;
 use libtest_mimic::Trial;
 
 pub mod common;
+pub mod daily;
 pub mod foundation;
 pub mod grading;
 pub mod hardening;
@@ -26,5 +27,6 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(grading::trials(env));
     t.extend(hardening::trials(env));
     t.extend(hostile::trials(env));
+    t.extend(daily::trials(env));
     t
 }

@@ -193,17 +193,17 @@ struct TokenQuery {
 }
 
 /// The checks every request but the static assets passes.
-fn admit(app: &App, q: &TokenQuery, headers: &HeaderMap) -> Result<(), Response> {
+fn admit(app: &App, q: &TokenQuery, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if host != Some(&*app.authority) {
-        return Err(refuse(
+        return Err((
             StatusCode::MISDIRECTED_REQUEST,
             "wrong Host: open the URL harness printed",
         ));
     }
     match &q.token {
         Some(t) if same(t, &app.token) => Ok(()),
-        _ => Err(refuse(
+        _ => Err((
             StatusCode::FORBIDDEN,
             "missing or wrong token: open the URL harness printed",
         )),
@@ -232,8 +232,8 @@ fn security_headers(mut r: Response) -> Response {
 }
 
 async fn index(State(app): State<App>, Query(q): Query<TokenQuery>, h: HeaderMap) -> Response {
-    if let Err(r) = admit(&app, &q, &h) {
-        return r;
+    if let Err((code, why)) = admit(&app, &q, &h) {
+        return refuse(code, why);
     }
     security_headers(
         (
@@ -253,15 +253,15 @@ async fn asset(path: &'static str) -> Response {
 }
 
 async fn state(State(app): State<App>, Query(q): Query<TokenQuery>, h: HeaderMap) -> Response {
-    if let Err(r) = admit(&app, &q, &h) {
-        return r;
+    if let Err((code, why)) = admit(&app, &q, &h) {
+        return refuse(code, why);
     }
     Json(app.state()).into_response()
 }
 
 async fn stream(State(app): State<App>, Query(q): Query<TokenQuery>, h: HeaderMap) -> Response {
-    if let Err(r) = admit(&app, &q, &h) {
-        return r;
+    if let Err((code, why)) = admit(&app, &q, &h) {
+        return refuse(code, why);
     }
     let rx = app.tx.subscribe();
     let first = app.state();
@@ -307,8 +307,8 @@ async fn act(
     h: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = admit(&app, &q, &h) {
-        return r;
+    if let Err((code, why)) = admit(&app, &q, &h) {
+        return refuse(code, why);
     }
     if let Some(origin) = h.get(header::ORIGIN) {
         let mine = format!("http://{}", app.authority);
@@ -370,7 +370,7 @@ pub async fn run_action(c: &Cluster, a: &Action) -> Result<String, String> {
             let n = crate::cli::pick_target(c, node()?)
                 .await
                 .map_err(|e| e.to_string())?;
-            let groups = crate::faults::cli_groups(&c.node_names(), &[n.clone()], None)
+            let groups = crate::faults::cli_groups(&c.node_names(), std::slice::from_ref(&n), None)
                 .map_err(|e| e.to_string())?;
             let r = crate::faults::partition(c, &groups)
                 .await

@@ -265,22 +265,20 @@ async fn stream(State(app): State<App>, Query(q): Query<TokenQuery>, h: HeaderMa
     }
     let rx = app.tx.subscribe();
     let first = app.state();
-    let s = futures::stream::unfold((Some(first), rx), |(first, mut rx)| async move {
+    let s = futures::stream::unfold((Some(first), rx, app), |(first, mut rx, app)| async move {
         let push = match first {
             Some(p) => p,
-            None => loop {
-                match rx.recv().await {
-                    Ok(p) => break p,
-                    // A page too slow to keep up gets the whole state again.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            None => match rx.recv().await {
+                Ok(p) => p,
+                // A page too slow to keep up gets the whole state again.
+                Err(broadcast::error::RecvError::Lagged(_)) => app.state(),
+                Err(broadcast::error::RecvError::Closed) => return None,
             },
         };
         let ev = SseEvent::default()
             .json_data(&push)
             .unwrap_or_else(|_| SseEvent::default().data("{}"));
-        Some((Ok::<_, std::convert::Infallible>(ev), (None, rx)))
+        Some((Ok::<_, std::convert::Infallible>(ev), (None, rx, app)))
     });
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
 }

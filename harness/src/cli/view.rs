@@ -42,17 +42,27 @@ pub fn state_file(cluster: &str) -> PathBuf {
     std::env::temp_dir().join(format!("clusterlab-view-{cluster}.url"))
 }
 
-/// Runs `harness view` until Ctrl-C (the caller's signal handling drops this future).
+/// Runs `harness view` until Ctrl-C (the caller's signal handling drops this future) or
+/// until the cluster is gone.
 pub async fn run(a: ViewArgs) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
     let c = Cluster::discover(&docker, &a.name).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(crate::view::serve(
-        c,
-        a.port,
-        ready_tx,
-        std::future::pending(),
-    ));
+    // The view ends by itself once the cluster is gone (`harness down`, or removed by hand).
+    let gone = {
+        let (docker, name) = (docker.clone(), a.name.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Err(crate::HarnessError::NoSuchCluster { .. }) =
+                    Cluster::discover(&docker, &name).await
+                {
+                    return;
+                }
+            }
+        }
+    };
+    let server = tokio::spawn(crate::view::serve(c, a.port, ready_tx, gone));
     match ready_rx.await {
         Ok(s) => {
             println!("live view of {}: {}", a.name, s.url);
@@ -138,4 +148,37 @@ pub fn stop_detached(cluster: &str) -> bool {
         nix::sys::signal::Signal::SIGTERM,
     )
     .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn events_and_view_parse_as_documented() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "harness", "events", "--follow", "--json", "--name", "lab",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Events(a) => {
+                assert!(a.follow && a.json);
+                assert_eq!(a.name, "lab");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = crate::cli::Cli::try_parse_from(["harness", "view", "--port", "9000"]).unwrap();
+        match cli.command {
+            crate::cli::Command::View(a) => {
+                assert_eq!(a.port, 9000);
+                assert_eq!(a.name, crate::names::DEFAULT_CLUSTER);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = crate::cli::Cli::try_parse_from(["harness", "up", "--no-view"]).unwrap();
+        assert!(matches!(cli.command, crate::cli::Command::Up(a) if a.no_view));
+        assert!(super::state_file("lab")
+            .to_string_lossy()
+            .ends_with("clusterlab-view-lab.url"));
+    }
 }

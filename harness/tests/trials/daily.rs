@@ -141,6 +141,22 @@ async fn check_events_command(c: &Cluster) -> anyhow::Result<()> {
             "harness events: no {want:?} in exit {code}, stdout:\n{out}\nstderr {err:?}"
         );
     }
+    // A hostile key: refused with a reason, shown without its escape sequence.
+    let key = "/clusterlab/nodes/evil\x1b[2J\x1b]0;owned\x07";
+    let put = c
+        .exec("node0", &["etcdctl", "put", key, "{\"name\":\"evil\"}"])
+        .await?;
+    ensure!(put.code == 0, "etcdctl put: {}", put.stderr);
+    let (code, hostile, err) = harness(c, &["events"]).await?;
+    let del = c.exec("node0", &["etcdctl", "del", key]).await?;
+    ensure!(del.code == 0, "etcdctl del: {}", del.stderr);
+    ensure!(
+        code == 0
+            && hostile.contains("refused /clusterlab/nodes/evil")
+            && !hostile.contains('\x1b')
+            && !hostile.contains('\x07'),
+        "harness events with a hostile key: exit {code}, stdout:\n{hostile:?}\nstderr {err:?}"
+    );
     // Every line starts with a time of day.
     for l in out.lines() {
         let clock = l.split(' ').next().unwrap_or("");

@@ -432,24 +432,29 @@ impl Drop for EventStream {
 pub fn follow(c: &Cluster, from: Cursor) -> EventStream {
     let (tx, rx) = mpsc::channel(BUFFER);
     let tasks = vec![
-        tokio::spawn(docker_source(c.clone(), from.since_s, tx.clone())),
+        tokio::spawn(docker_source(c.clone(), false, from.since_s, tx.clone())),
+        tokio::spawn(docker_source(c.clone(), true, from.since_s, tx.clone())),
         tokio::spawn(etcd_source(c.clone(), from.revision, tx.clone())),
         tokio::spawn(raft_source(c.clone(), from.raft, tx)),
     ];
     EventStream { rx, tasks }
 }
 
-async fn docker_source(c: Cluster, since_s: u64, tx: mpsc::Sender<Event>) {
+/// Docker's events for the cluster's containers (selected by the cluster's label) or, with
+/// `network_events`, for its network (network events carry no labels: selected by name).
+async fn docker_source(c: Cluster, network_events: bool, since_s: u64, tx: mpsc::Sender<Event>) {
     let cluster = c.spec.name.clone();
     let network = c.names.network();
     let mut since = since_s;
     loop {
         let mut filters = HashMap::new();
-        filters.insert("label".to_string(), vec![c.names.label_filter()]);
-        filters.insert(
-            "type".to_string(),
-            vec!["container".to_string(), "network".to_string()],
-        );
+        if network_events {
+            filters.insert("type".to_string(), vec!["network".to_string()]);
+            filters.insert("network".to_string(), vec![network.clone()]);
+        } else {
+            filters.insert("type".to_string(), vec!["container".to_string()]);
+            filters.insert("label".to_string(), vec![c.names.label_filter()]);
+        }
         let mut events = c.docker.events(Some(EventsOptions {
             since: Some(since.to_string()),
             until: None,

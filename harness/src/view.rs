@@ -107,6 +107,8 @@ pub struct HostsTable {
     pub host0: Option<String>,
     /// Why it could not be read (the node is down, no block …).
     pub error: Option<String>,
+    /// The peers this node's partition rules drop (`harness partition`, the isolate button).
+    pub cut_from: Vec<String>,
 }
 
 /// A hosts file as the page shows it: the clusterlab block's lines, bounded and cleaned.
@@ -131,6 +133,7 @@ pub fn hosts_table(file: &str) -> HostsTable {
                 lines,
                 host0: crate::oracle::host0_of(&block),
                 error: None,
+                cut_from: Vec::new(),
             }
         }
     }
@@ -402,7 +405,22 @@ async fn read_hosts(c: &Cluster) -> BTreeMap<String, HostsTable> {
         };
         (n, table)
     });
-    futures::future::join_all(reads).await.into_iter().collect()
+    let mut tables: BTreeMap<String, HostsTable> =
+        futures::future::join_all(reads).await.into_iter().collect();
+    if let Ok(report) = crate::faults::cuts(c).await {
+        let name_of = |ip: &std::net::Ipv4Addr| {
+            c.node_names()
+                .into_iter()
+                .find(|n| c.node_ip(n).ok().as_ref() == Some(ip))
+                .unwrap_or_else(|| ip.to_string())
+        };
+        for (node, drops) in report.cuts {
+            if let Some(t) = tables.get_mut(&node) {
+                t.cut_from = drops.iter().map(name_of).collect();
+            }
+        }
+    }
+    tables
 }
 
 /// A live view being served.

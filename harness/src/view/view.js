@@ -54,6 +54,11 @@
       d.appendChild(el("div", "role", role));
       d.appendChild(el("div", "state", "container: " + state));
       d.appendChild(el("div", "state", "key: " + (m.key_role || "none")));
+      const cut = (hosts[n] && hosts[n].cut_from) || [];
+      if (cut.length > 0) {
+        d.classList.add("cut");
+        d.appendChild(el("div", "cutoff", "cut off from " + cut.join(", ")));
+      }
       const b = el("div", "buttons");
       if (state === "running") {
         b.appendChild(button("kill", n));

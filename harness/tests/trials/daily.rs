@@ -794,6 +794,55 @@ async fn drive_view(c: &Cluster, served: &harness::view::Served) -> anyhow::Resu
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Isolate and heal through the view: the box says what is cut, then no longer.
+    let act = |body: String| {
+        request(
+            "POST",
+            &format!("/api/action?{tok}"),
+            &host,
+            &[json, &format!("Origin: http://{host}")],
+            &body,
+        )
+    };
+    let (code, text) = raw(
+        addr,
+        act(format!(r#"{{"action":"isolate","node":"{shown}"}}"#)),
+    )
+    .await?;
+    ensure!(
+        code == 200 && text.contains("partitioned"),
+        "isolate through the view: HTTP {code}: {text}"
+    );
+    let cut_text = format!("(document.getElementById('node-{shown}')||{{}}).textContent||''");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = b.eval(&cut_text).await?;
+        if t.as_str().is_some_and(|t| t.contains("cut off from")) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "10 s after isolating {shown}, its box says {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, text) = raw(addr, act(r#"{"action":"heal"}"#.to_string())).await?;
+    ensure!(
+        code == 200 && text.contains("healed"),
+        "heal through the view: HTTP {code}: {text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = b.eval(&cut_text).await?;
+        if t.as_str().is_some_and(|t| !t.contains("cut off from")) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "10 s after healing, {shown}'s box says {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
 

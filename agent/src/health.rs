@@ -6,6 +6,8 @@
 //! `degraded` while a plugin is in a crash loop, `unavailable` while etcd does not answer),
 //! `problems` (one line per reason for not being `ok`) and `plugins` (each plugin's
 //! [`PluginReport`]). A degraded node still answers 200: it serves, but needs a look.
+//!
+//! `/metrics` serves [`crate::metrics`] (Prometheus text).
 
 use crate::node::NodeStatus;
 use crate::supervise::{PluginHealth, PluginReport};
@@ -99,9 +101,21 @@ pub async fn serve(
     plugins: PluginHealth,
     fresh: Duration,
     extra: Router,
+    metrics: crate::metrics::AgentMetrics,
     stop: CancellationToken,
 ) {
-    let app = router(status, plugins, fresh).merge(extra);
+    let app = router(status, plugins.clone(), fresh).merge(extra).route(
+        crate::metrics::METRICS_PATH,
+        get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    crate::metrics::CONTENT_TYPE,
+                )],
+                metrics.render(&plugins),
+            )
+        }),
+    );
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

@@ -11,12 +11,14 @@
 //! - [`detect`]: failure detection faster than the lease (peer probes, the leader's checks).
 //! - [`supervise`]: plugin processes, restarted with backoff.
 //! - [`leader_service`]: the service that runs on the leader only.
+//! - [`metrics`]: `/metrics` on the health port (Prometheus text).
 
 pub mod detect;
 pub mod etcd;
 pub mod health;
 pub mod keys;
 pub mod leader_service;
+pub mod metrics;
 pub mod node;
 pub mod supervise;
 

@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (status_tx, status_rx) = watch::channel(first);
     let stop = CancellationToken::new();
     let plugin_health = supervise::PluginHealth::new(&config.plugins);
+    let metrics = crate::metrics::AgentMetrics::new();
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.health_port))
         .await
@@ -132,6 +133,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         plugin_health.clone(),
         Duration::from_secs(config.lease_ttl_s),
         detect::routes(detector.clone()),
+        metrics.clone(),
         stop.clone(),
     ));
     let detect_task = tokio::spawn(detect::run(
@@ -169,6 +171,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         status_tx,
         (lost_tx, lost_rx),
         raft_changed,
+        metrics,
         stop.clone(),
     ));
 
@@ -345,16 +348,23 @@ async fn grant(
     client: &mut Client,
     ttl: u64,
     lost: mpsc::Sender<i64>,
+    metrics: crate::metrics::AgentMetrics,
 ) -> Result<Lease, KeyLoopError> {
     let resp = timed(KeyOp::GrantLease, client.lease_grant(ttl as i64, None)).await?;
     let id = resp.id();
-    let keeper = tokio::spawn(keep_lease(client.clone(), id, ttl, lost));
+    let keeper = tokio::spawn(keep_lease(client.clone(), id, ttl, lost, metrics));
     Ok(Lease { id, keeper })
 }
 
 /// Renews lease `id` every [`renew_every`] until it expires or cannot be renewed for a whole
 /// TTL; then reports it on `lost` and ends.
-async fn keep_lease(mut client: Client, id: i64, ttl: u64, lost: mpsc::Sender<i64>) {
+async fn keep_lease(
+    mut client: Client,
+    id: i64,
+    ttl: u64,
+    lost: mpsc::Sender<i64>,
+    metrics: crate::metrics::AgentMetrics,
+) {
     let period = renew_every(ttl);
     let mut last_ok = Instant::now();
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
@@ -368,7 +378,10 @@ async fn keep_lease(mut client: Client, id: i64, ttl: u64, lost: mpsc::Sender<i6
             }
         }
         if let Some((keeper, replies)) = stream.as_mut() {
-            match keep_alive(keeper, replies).await {
+            let sent = Instant::now();
+            let renewed = keep_alive(keeper, replies).await;
+            metrics.observe_keepalive(sent.elapsed());
+            match renewed {
                 Ok(true) => last_ok = Instant::now(),
                 Ok(false) => {
                     tracing::warn!(
@@ -419,6 +432,7 @@ async fn maintain_keys(
     status_tx: watch::Sender<NodeStatus>,
     (lost_tx, mut lost_rx): (mpsc::Sender<i64>, mpsc::Receiver<i64>),
     raft_changed: std::sync::Arc<tokio::sync::Notify>,
+    metrics: crate::metrics::AgentMetrics,
     stop: CancellationToken,
 ) {
     let ttl = config.lease_ttl_s;
@@ -447,7 +461,10 @@ async fn maintain_keys(
             }
             _ = tokio::time::sleep(next_poll(poll_now, fast_until, fast, idle)) => {
                 poll_now = false;
-                let st = match timed(KeyOp::ReadStatus, client.status()).await {
+                let asked = Instant::now();
+                let st = timed(KeyOp::ReadStatus, client.status()).await;
+                metrics.observe_status(asked.elapsed());
+                let st = match st {
                     Ok(st) => st,
                     Err(e) => {
                         fast_until = tokio::time::Instant::now() + window;
@@ -467,11 +484,12 @@ async fn maintain_keys(
                 if change.is_some() || plan.grant_lease || plan.put_node_key.is_some() {
                     fast_until = tokio::time::Instant::now() + window;
                 }
+                metrics.role(role, matches!(change, Some(RoleChange { from: Some(_), .. })));
                 if let Some(RoleChange { from: Some(from), to }) = change {
                     tracing::info!(from = ?Some(from), to = %to, term = st.raft_term(), "role changed");
                 }
                 if plan.grant_lease {
-                    match grant(&mut client, ttl, lost_tx.clone()).await {
+                    match grant(&mut client, ttl, lost_tx.clone(), metrics.clone()).await {
                         Ok(l) => {
                             tracing::info!(lease = format!("{:x}", l.id), ttl, "lease granted");
                             status_tx.send_modify(|s| s.lease_id = Some(format!("{:x}", l.id)));

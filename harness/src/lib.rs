@@ -8,9 +8,13 @@
 //! - [`bench`]: `harness bench hosts|failover|proxy`, each on a cluster of its own.
 //! - [`grade`]: `harness grade`: profiles, a submission's cluster, scenarios judged from
 //!   outside, report.json and junit.xml.
+//! - [`view`]: the live page (`harness view`): the cluster drawn from [`events`], live,
+//!   with kill/start/isolate/heal buttons behind a per-run token, on 127.0.0.1 only.
 //! - [`trial`]: fixtures for full-cluster trials (used by `cargo test`).
 //! - [`probe`]: looking at a running cluster from outside (hosts files, HTTP, a stream of
 //!   GETs), shared by the trials and the benchmarks.
+//! - [`events`]: one typed, time-stamped stream of what changes in a cluster (Docker events,
+//!   etcd watches, raft term/leader), for `harness events`, the live view and timelines.
 //! - [`faults`]: network partitions (iptables DROP inside the nodes) and healing them.
 //! - [`cluster`]: the cluster spec, the one owner of a cluster's Docker objects
 //!   (`cluster::objects`), status; up, kill, start, exec, down.
@@ -27,6 +31,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod docker;
+pub mod events;
 pub mod faults;
 pub mod grade;
 pub mod images;
@@ -36,6 +41,7 @@ pub mod probe;
 pub mod progress;
 pub mod shutdown;
 pub mod trial;
+pub mod view;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus, ExecOutput, NodeKind, NodeState};

@@ -374,6 +374,7 @@ async fn one_size(
             name: opts.name.clone(),
             subnet: opts.subnet,
             image: opts.image.clone(),
+            cpu_hog: false,
         };
         Some(bench_runs(c, &hopts, progress).await?)
     } else {

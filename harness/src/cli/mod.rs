@@ -9,17 +9,21 @@ use crate::names::{Subnet, DEFAULT_CLUSTER, DEFAULT_SUBNET};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod events;
 mod faults;
 mod grade;
 mod node;
+mod view;
 
 pub use bench::{
     BenchClusterArgs, BenchCommand, BenchFailoverArgs, BenchHostsArgs, BenchProxyArgs,
 };
+pub use events::EventsArgs;
 pub use faults::{HealArgs, PartitionArgs};
-pub use node::{LogsArgs, SshArgs, CLUSTER_USER};
+pub use node::{line_plugin, LogsArgs, SshArgs, CLUSTER_USER};
 use std::path::PathBuf;
 use std::time::Duration;
+pub use view::{state_file as view_state_file, ViewArgs};
 
 /// clusterlab harness: build the node image with no registry, run an N-node etcd cluster in
 /// Docker, break it (kill leaders and followers) and see it keep working.
@@ -30,6 +34,7 @@ use std::time::Duration;
 ///   harness kill leader        # SIGKILL the raft leader's container
 ///   harness ssh node1          # a shell on node1 as the cluster user admin
 ///   harness logs node1         # its agent's and plugins' output
+///   harness events --follow    # kills, keys, leader and raft term changes as they happen
 ///   harness start node1        # bring a node back with its identity
 ///   harness down               # remove every container, network and volume of the cluster
 #[derive(Parser, Debug)]
@@ -71,6 +76,14 @@ pub enum Command {
     /// A node's output: the agent's log with every plugin's lines (--plugin NAME to filter).
     #[command(long_about = node::LOGS_HELP, verbatim_doc_comment)]
     Logs(LogsArgs),
+    /// One time-stamped line per change: container kills/deaths/starts, node and leader keys,
+    /// raft term and leader (--follow: until Ctrl-C).
+    #[command(long_about = events::EVENTS_HELP, verbatim_doc_comment)]
+    Events(EventsArgs),
+    /// A live page of the cluster on 127.0.0.1 (URL with a per-run token): nodes by role and
+    /// state, hosts tables, events, and kill/start/isolate/heal buttons.
+    #[command(long_about = view::VIEW_HELP, verbatim_doc_comment)]
+    View(ViewArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,6 +146,9 @@ pub struct UpArgs {
     /// Port on 127.0.0.1 where the gateway is published (0: any free port).
     #[arg(long, default_value_t = 8888)]
     pub port: u16,
+    /// Do not start the live view (`harness view`) in the background.
+    #[arg(long)]
+    pub no_view: bool,
     /// Extra node setting as KEY=VALUE, e.g. CLUSTERLAB_ETCD__ELECTION_MS=500 (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -202,8 +218,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Heal(a) => faults::run_heal(a).await?,
         Command::Ssh(a) => node::run_ssh(a).await?,
         Command::Logs(a) => node::run_logs(a).await?,
+        Command::Events(a) => events::run(a).await?,
+        Command::View(a) => view::run(a).await?,
         Command::Down(a) => {
             let docker = crate::docker::connect().await?;
+            if view::stop_detached(&a.name) {
+                println!("stopped the live view of {}", a.name);
+            }
             let n = cluster::down(&docker, &a.name).await?;
             let left = cluster::list_objects(&docker, &a.name).await?;
             if left.is_empty() {
@@ -305,5 +326,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         c.spec.name
     );
     c.hand_over();
+    if !a.no_view {
+        match view::start_detached(&c.spec.name).await {
+            Ok(url) => println!("\nLive view (127.0.0.1 only, stopped by harness down):\n  {url}"),
+            Err(e) => eprintln!(
+                "warning: the live view did not start ({e:#}); run `harness view --name {}`",
+                c.spec.name
+            ),
+        }
+    }
     Ok(())
 }

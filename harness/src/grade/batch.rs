@@ -1726,6 +1726,7 @@ mod tests {
                 notes: vec![],
                 checks: vec![],
                 logs: None,
+                timeline: None,
             }],
         );
         r = r.with_weights(&BTreeMap::from([("startup".to_string(), 2.0)]));

@@ -5,6 +5,7 @@ use libtest_mimic::Trial;
 
 pub mod batch;
 pub mod common;
+pub mod daily;
 pub mod detect;
 pub mod foundation;
 pub mod grading;
@@ -32,5 +33,6 @@ pub fn all(env: &Environment) -> Vec<Trial> {
     t.extend(batch::trials(env));
     t.extend(hardening::trials(env));
     t.extend(hostile::trials(env));
+    t.extend(daily::trials(env));
     t
 }

@@ -169,8 +169,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         client,
         member_id,
         status_tx,
-        (lost_tx, lost_rx),
-        raft_changed,
+        KeySignals {
+            lost: (lost_tx, lost_rx),
+            raft_changed,
+        },
         metrics,
         stop.clone(),
     ));
@@ -423,6 +425,13 @@ fn record_status(status_tx: &watch::Sender<NodeStatus>, st: &StatusResponse, rol
     });
 }
 
+/// What wakes the key loop besides its own pace: a lease found lost (by keep-alive or by the
+/// own-key watch; the lease id) and a raft change seen in etcd's log.
+struct KeySignals {
+    lost: (mpsc::Sender<i64>, mpsc::Receiver<i64>),
+    raft_changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
 /// Keeps the node key and, while leading, the leader key; publishes [`NodeStatus`]. The
 /// decisions are [`Keys`]'s; this loop only makes the etcd calls and reports what worked.
 async fn maintain_keys(
@@ -430,11 +439,14 @@ async fn maintain_keys(
     mut client: Client,
     member_id: Option<u64>,
     status_tx: watch::Sender<NodeStatus>,
-    (lost_tx, mut lost_rx): (mpsc::Sender<i64>, mpsc::Receiver<i64>),
-    raft_changed: std::sync::Arc<tokio::sync::Notify>,
+    signals: KeySignals,
     metrics: crate::metrics::AgentMetrics,
     stop: CancellationToken,
 ) {
+    let KeySignals {
+        lost: (lost_tx, mut lost_rx),
+        raft_changed,
+    } = signals;
     let ttl = config.lease_ttl_s;
     let (fast, idle, window) = poll_paces(&config);
     let mut fast_until = tokio::time::Instant::now() + window;

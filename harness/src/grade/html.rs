@@ -1221,10 +1221,14 @@ mod tests {
         std::fs::create_dir(out.join("dave")).unwrap();
         std::fs::write(out.join("dave/report.json"), "{ not json").unwrap();
         std::os::unix::fs::symlink(out.join("alice"), out.join("eve")).unwrap();
+        std::fs::create_dir(out.join("frank")).unwrap();
+        std::os::unix::fs::symlink(out.join("alice/report.json"), out.join("frank/report.json"))
+            .unwrap();
         let pages = write_class_pages(out).unwrap();
         assert_eq!(pages.written, ["bob", "alice", "carol"]);
         let skipped: Vec<&str> = pages.skipped.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(skipped, ["eve", "dave"], "{:?}", pages.skipped);
+        assert_eq!(skipped, ["eve", "dave", "frank"], "{:?}", pages.skipped);
+        assert!(pages.skipped[2].1.contains("not a regular file"));
         assert!(pages.skipped[0].1.contains("symlink"));
         assert!(
             pages.skipped[1].1.contains("does not parse"),

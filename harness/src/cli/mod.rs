@@ -35,6 +35,7 @@ pub use view::{state_file as view_state_file, ViewArgs};
 ///   harness ssh node1          # a shell on node1 as the cluster user admin
 ///   harness logs node1         # its agent's and plugins' output
 ///   harness events --follow    # kills, keys, leader and raft term changes as they happen
+///   harness view               # the live page (harness up already started one)
 ///   harness start node1        # bring a node back with its identity
 ///   harness down               # remove every container, network and volume of the cluster
 #[derive(Parser, Debug)]

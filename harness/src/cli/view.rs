@@ -181,4 +181,30 @@ mod tests {
             .to_string_lossy()
             .ends_with("clusterlab-view-lab.url"));
     }
+
+    #[test]
+    fn down_stops_only_the_view_it_started() {
+        let name = format!("unit-{}", std::process::id());
+        let spawn = |args: &[&str]| {
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 30; :"])
+                .args(args)
+                .spawn()
+                .unwrap()
+        };
+        // A process that is not `view --name NAME` is left alone, the file forgotten.
+        let mut other = spawn(&["view", "--name", "someone-else"]);
+        std::fs::write(super::state_file(&name), format!("{}\nurl\n", other.id())).unwrap();
+        assert!(!super::stop_detached(&name));
+        assert!(!super::state_file(&name).exists());
+        assert!(other.try_wait().unwrap().is_none());
+        other.kill().unwrap();
+        other.wait().unwrap();
+        // The view it started is stopped.
+        let mut view = spawn(&["view", "--name", &name]);
+        std::fs::write(super::state_file(&name), format!("{}\nurl\n", view.id())).unwrap();
+        assert!(super::stop_detached(&name));
+        assert!(view.wait().unwrap().code().is_none(), "ended by a signal");
+        assert!(!super::stop_detached(&name), "nothing left to stop");
+    }
 }

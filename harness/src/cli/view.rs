@@ -100,6 +100,7 @@ pub async fn start_detached(cluster: &str) -> anyhow::Result<String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0);
+    keep_inherited_descriptors_to_ourselves();
     let mut child = cmd.spawn()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -116,6 +117,27 @@ pub async fn start_detached(cluster: &str) -> anyhow::Result<String> {
             anyhow::bail!("harness view did not serve within 20 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Marks every descriptor this process inherited (above stderr) close-on-exec, so the
+/// detached view, which outlives this process, does not hold them: a lock taken around
+/// `harness up` (e.g. `flock LOCK harness up`) must end with `up`, not with the view. The
+/// harness's own descriptors are close-on-exec already (Rust opens them so).
+fn keep_inherited_descriptors_to_ourselves() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
+        }
     }
 }
 
@@ -206,5 +228,19 @@ mod tests {
         assert!(super::stop_detached(&name));
         assert!(view.wait().unwrap().code().is_none(), "ended by a signal");
         assert!(!super::stop_detached(&name), "nothing left to stop");
+    }
+
+    #[test]
+    fn an_inherited_descriptor_does_not_reach_the_detached_view() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        use std::os::fd::AsRawFd as _;
+        // A descriptor as `flock LOCK harness up` hands one over: open across exec.
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        let flags = |fd| FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+        assert!(!flags(fd).contains(FdFlag::FD_CLOEXEC));
+        super::keep_inherited_descriptors_to_ourselves();
+        assert!(flags(fd).contains(FdFlag::FD_CLOEXEC));
     }
 }

@@ -156,6 +156,8 @@ async fn batch_trial(docker: &bollard::Docker) -> anyhow::Result<()> {
         "submission,status,score,max_score,seconds,kill_follower,kill_follower_s,reason"
     ));
 
+    class_pages_in_chromium(&out, &full.summary)?;
+
     // One job at a time on a subset gives the same verdicts.
     let subset = tmp.path().join("subset");
     for name in ["good", "faulty"] {
@@ -202,4 +204,79 @@ async fn batch_trial(docker: &bollard::Docker) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The class page and the submissions' pages of the real batch, as headless Chromium reads
+/// them: index.html holds the class table with a row per submission, and each graded
+/// submission's report.html one SVG timeline per scenario with a lane per node.
+fn class_pages_in_chromium(out: &Path, summary: &Summary) -> anyhow::Result<()> {
+    let Some(chrome) = chromium() else {
+        ensure!(
+            !docker_required(),
+            "chromium is required (CLUSTERLAB_REQUIRE_DOCKER=1) but not on PATH; .ci/run installs it"
+        );
+        println!("class pages not loaded: chromium is not installed (apt-get install chromium)");
+        return Ok(());
+    };
+    let index = dump_dom(&chrome, &out.join("index.html"))?;
+    ensure!(
+        index.contains("<table id=\"class\">"),
+        "index.html as Chromium read it has no class table:\n{index}"
+    );
+    for (name, _, _) in CLASS {
+        ensure!(
+            index.contains(&format!("data-submission=\"{name}\"")),
+            "index.html has no row for {name}"
+        );
+    }
+    for (name, _, expected) in CLASS {
+        if expected.is_none() {
+            continue;
+        }
+        let report: GradeReport =
+            serde_json::from_slice(&std::fs::read(out.join(name).join("report.json"))?)?;
+        let page = dump_dom(&chrome, &out.join(name).join("report.html"))?;
+        let lanes = harness::grade::html::count_lanes(&page);
+        let want = vec![report.nodes; report.scenarios.len()];
+        ensure!(
+            lanes == want,
+            "{name}/report.html: lanes per timeline {lanes:?}, expected {want:?} (one SVG per scenario, a lane per node)"
+        );
+    }
+    println!(
+        "class pages: index.html lists {} submissions; timelines checked in Chromium",
+        summary.submissions.len()
+    );
+    Ok(())
+}
+
+/// Debian's chromium, if on PATH.
+fn chromium() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// The DOM of a local page after Chromium ran it.
+fn dump_dom(chrome: &Path, file: &Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new(chrome)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .context("running chromium")?;
+    ensure!(
+        out.status.success(),
+        "chromium failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -995,4 +995,46 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "unreachable\n")
         );
     }
+
+    /// The indirect probe over real sockets on loopback: a helper's health API asked about a
+    /// live peer and a dead one, and about a name that is not a peer.
+    #[tokio::test]
+    async fn an_indirect_probe_goes_through_a_real_helper() {
+        let helper_ip = Ipv4Addr::new(127, 0, 0, 12);
+        let listener = tokio::net::TcpListener::bind((helper_ip, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // node0 is alive (something listens on its address and the shared port), node3 is not.
+        let alive = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 10), port))
+            .await
+            .unwrap();
+        let mut all = peers(4);
+        all[2].ip = helper_ip;
+        let settings = Settings {
+            me: "node2".into(),
+            peers: all,
+            port,
+            leader_fresh: Duration::from_secs(1),
+        };
+        let config = clusterlab_core::config::Config {
+            name: "node2".into(),
+            ..Default::default()
+        };
+        let (_status_tx, status) = watch::channel(NodeStatus::new(&config, 2));
+        let (h, _rx) = Handle::new(&settings, status);
+        let server = tokio::spawn(async move { axum::serve(listener, routes(h)).await });
+        assert_eq!(indirect_probe(helper_ip, port, "node0").await, Probe::Alive);
+        assert_eq!(indirect_probe(helper_ip, port, "node3").await, Probe::Dead);
+        assert_eq!(
+            http_status(helper_ip, port, "GET", "/probe/10.0.0.1", INDIRECT_TIMEOUT).await,
+            Some(404)
+        );
+        // The helper itself gone: no answer, which is no evidence.
+        server.abort();
+        let _ = server.await;
+        assert_eq!(
+            indirect_probe(helper_ip, port, "node0").await,
+            Probe::NoAnswer
+        );
+        drop(alive);
+    }
 }

@@ -463,7 +463,10 @@ async fn maintain_keys(
             _ = stop.cancelled() => break,
             Some(id) = lost_rx.recv() => {
                 if keys.lease_lost(id) {
-                    lease = None;
+                    // Lost by the own-key watch: its keeper would only report it again.
+                    if let Some(l) = lease.take() {
+                        l.keeper.abort();
+                    }
                     status_tx.send_modify(|s| s.lease_id = None);
                 }
             }

@@ -330,7 +330,7 @@ pub async fn run(
 fn watch(paths: &Paths, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let handler = move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|e| changes_content(&e.kind)) {
             let _ = tx.try_send(());
         }
     };
@@ -357,6 +357,18 @@ fn poll_period(opts: &SyncOptions, watched: bool) -> Duration {
         opts.watched_poll.max(opts.poll)
     } else {
         opts.poll
+    }
+}
+
+/// Whether a file event can change what a rebuild produces. Opens, reads and read-only
+/// closes cannot: every node's rebuild reads the shared folders, so counting them would make
+/// the nodes wake each other up without end (a cost that grows with the cluster).
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -442,6 +454,23 @@ impl Sshd {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reads_of_the_shared_folders_do_not_wake_a_rebuild() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        use notify::EventKind;
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+    }
     use super::*;
     use crate::keys::tests::temp_paths;
 

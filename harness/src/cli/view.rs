@@ -208,11 +208,23 @@ mod tests {
     fn down_stops_only_the_view_it_started() {
         let name = format!("unit-{}", std::process::id());
         let spawn = |args: &[&str]| {
-            std::process::Command::new("sh")
+            let child = std::process::Command::new("sh")
                 .args(["-c", "sleep 30; :"])
                 .args(args)
                 .spawn()
-                .unwrap()
+                .unwrap();
+            // spawn returns once the child is inside execve, before the kernel has set up
+            // its new arguments (/proc/PID/cmdline reads empty until then): wait for them.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            while std::fs::read(&cmdline).unwrap_or_default().is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{cmdline} stayed empty"
+                );
+                std::thread::yield_now();
+            }
+            child
         };
         // A process that is not `view --name NAME` is left alone, the file forgotten.
         let mut other = spawn(&["view", "--name", "someone-else"]);

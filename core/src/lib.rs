@@ -13,6 +13,7 @@
 //! - [`fsread`]: bounded reads of small files other nodes can write (no symlink, FIFO,
 //!   device or oversized file).
 //! - [`backoff`]: the restart backoff shared by the agent's supervisor and sshkeys.
+//! - [`html_escape`]: text made safe inside HTML (the leader page, the harness's reports).
 //! - [`shutdown_signal`] and [`init_tracing`]: process set-up of every node binary.
 
 pub mod backoff;
@@ -22,6 +23,23 @@ pub mod etcd;
 pub mod fsread;
 pub mod hosts;
 pub mod schema;
+
+/// Text made safe for HTML character data and attribute values: `& < > " '` escaped.
+/// Control characters are the caller's business (the harness cleans submission text first).
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Resolves when the process receives SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -63,4 +81,16 @@ pub fn init_plugin_tracing() {
     } else {
         fmt.with_ansi(false).without_time().try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn html_escape_leaves_no_markup() {
+        assert_eq!(
+            super::html_escape(r#"<a href='x'>"&"</a>"#),
+            "&lt;a href=&#39;x&#39;&gt;&quot;&amp;&quot;&lt;/a&gt;"
+        );
+        assert_eq!(super::html_escape("node1 10.77.0.11"), "node1 10.77.0.11");
+    }
 }

@@ -266,6 +266,14 @@ pub async fn run(
     let ctx = prepare(config, paths, &opts)?;
     let mut warned = Reported::default();
     let mut last_error: Option<String> = None;
+    // Watch before the first rebuild: a peer's key published between the two is then an
+    // event, not a wait for the slow poll (the first rebuild sees what came before).
+    let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = if opts.once {
+        None
+    } else {
+        watch(paths, tx.clone())
+    };
     report(&rebuild(&ctx)?, &mut warned);
     if opts.once {
         return Ok(());
@@ -274,8 +282,6 @@ pub async fn run(
         system::configure_sshd(paths, &ctx.user)?;
     }
 
-    let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = watch(paths, tx.clone());
     let mut sshd = Sshd::new(opts.run_sshd, paths.sshd_pidfile.clone());
     sshd.start().await;
     tokio::pin!(shutdown);

@@ -17,6 +17,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clusterlab_core::config::Config;
+use clusterlab_core::html_escape as escape;
 use clusterlab_core::schema::{self, ClusterView, Member};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -35,21 +36,6 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
 /// local member answers from its own copy without a round through raft; on the leader, where
 /// the page is served, that copy is current but for writes still in flight.
 const VIEW_CACHE_FOR: Duration = Duration::from_millis(500);
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Why the page shows no hosts block.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -16,18 +16,7 @@ use std::path::Path;
 /// Text made safe for HTML and SVG character data and attribute values: [`clean`]ed, then
 /// `& < > " '` escaped. `]]>` and `<script>` come out as plain text.
 pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in clean(s).chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    clusterlab_core::html_escape(&clean(s))
 }
 
 /// At most `max` characters of `s`, with `…` when cut.

@@ -69,6 +69,10 @@ async fn daily_use(c: Cluster) -> anyhow::Result<()> {
 }
 
 async fn check_ssh(c: &Cluster) -> anyhow::Result<()> {
+    // The mesh first (every node trusts every other), as a user would wait for it after `up`.
+    let names = c.node_names();
+    let (took, _) = super::ssh::wait_mesh(c, &names, &names, Duration::from_secs(30)).await?;
+    println!("ssh mesh ready {:.2} s into the trial", took.as_secs_f64());
     let (code, out, err) =
         harness(c, &["ssh", "node1", "--", "echo $(whoami)@$(hostname)"]).await?;
     ensure!(

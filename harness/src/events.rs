@@ -632,16 +632,48 @@ async fn watch_once(
     }
 }
 
+/// A member's Status older than this no longer counts (its next read is overdue: the member
+/// is dead, cut off or starved), so a killed leader's last answer does not outlive it.
+const RAFT_STALE: Duration = Duration::from_millis(800);
+/// One Status read that has not answered after this long failed.
+const RAFT_READ_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Raft changes: every voter is read on its own schedule (one connection each, kept), so a
+/// member that hangs (a killed leader whose address no longer answers) delays nobody else's
+/// answer; the term and leader are recomputed from the fresh answers at each one.
 async fn raft_source(c: Cluster, mut last: Option<(u64, Option<String>)>, tx: mpsc::Sender<Event>) {
+    let (ptx, mut prx) = mpsc::channel::<(usize, Option<crate::oracle::MemberStatus>)>(64);
+    let mut pollers = tokio::task::JoinSet::new();
+    for i in (0..c.spec.nodes).filter(|&i| c.spec.is_voter(i)) {
+        let endpoint = format!("http://{}:2379", c.spec.node_ip(i));
+        pollers.spawn(poll_member(endpoint, i, ptx.clone()));
+    }
+    drop(ptx);
+    let mut fresh: BTreeMap<usize, (tokio::time::Instant, crate::oracle::MemberStatus)> =
+        BTreeMap::new();
     let mut tick = tokio::time::interval(RAFT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        if tx.is_closed() {
-            return;
+        tokio::select! {
+            got = prx.recv() => match got {
+                None => return,
+                Some((i, Some(st))) => {
+                    fresh.insert(i, (tokio::time::Instant::now(), st));
+                }
+                Some((i, None)) => {
+                    fresh.remove(&i);
+                }
+            },
+            _ = tick.tick() => {
+                if tx.is_closed() {
+                    return;
+                }
+            }
         }
-        let Ok(st) = c.status().await else { continue };
-        let Some(now) = raft_of(&st) else { continue };
+        fresh.retain(|_, (at, _)| at.elapsed() < RAFT_STALE);
+        let Some(now) = raft_of_members(&fresh) else {
+            continue;
+        };
         if last.as_ref() != Some(&now) {
             let change = Change::RaftTerm {
                 term: now.0,
@@ -651,6 +683,56 @@ async fn raft_source(c: Cluster, mut last: Option<(u64, Option<String>)>, tx: mp
             if tx.send(Event::now(change)).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// The highest term among the members' answers and the leader they give (by
+/// [`crate::oracle::raft_leader`]); None when no member answered.
+fn raft_of_members(
+    fresh: &BTreeMap<usize, (tokio::time::Instant, crate::oracle::MemberStatus)>,
+) -> Option<(u64, Option<String>)> {
+    let term = fresh.values().map(|(_, s)| s.term).max()?;
+    let probes: Vec<(String, Result<crate::oracle::MemberStatus, String>)> = fresh
+        .iter()
+        .map(|(i, (_, s))| (ClusterNames::node_name(*i), Ok(*s)))
+        .collect();
+    let leader = crate::oracle::raft_leader(&probes).ok().cloned();
+    Some((term, leader))
+}
+
+/// Reads one member's Status every [`RAFT_POLL`] over one kept connection (made again after a
+/// failure) and sends each answer, or None for a failed read, until the receiver is gone.
+async fn poll_member(
+    endpoint: String,
+    i: usize,
+    tx: mpsc::Sender<(usize, Option<crate::oracle::MemberStatus>)>,
+) {
+    let mut tick = tokio::time::interval(RAFT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<etcd_client::Client> = None;
+    loop {
+        tick.tick().await;
+        let read = tokio::time::timeout(RAFT_READ_TIMEOUT, async {
+            let cl = match client.as_mut() {
+                Some(cl) => cl,
+                None => client.insert(clusterlab_core::etcd::connect(&endpoint).await.ok()?),
+            };
+            let st = cl.status().await.ok()?;
+            Some(crate::oracle::MemberStatus {
+                member_id: st.header()?.member_id(),
+                leader_id: st.leader(),
+                term: st.raft_term(),
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        if read.is_none() {
+            client = None;
+        }
+        if tx.send((i, read)).await.is_err() {
+            return;
         }
     }
 }
@@ -709,6 +791,38 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raft_changes_come_from_the_fresh_answers() {
+        use crate::oracle::MemberStatus;
+        let at = tokio::time::Instant::now();
+        let st = |member_id, leader_id, term| {
+            (
+                at,
+                MemberStatus {
+                    member_id,
+                    leader_id,
+                    term,
+                },
+            )
+        };
+        let mut fresh = BTreeMap::new();
+        assert_eq!(raft_of_members(&fresh), None);
+        // Before the kill: node0 leads term 2.
+        fresh.insert(0, st(10, 10, 2));
+        fresh.insert(1, st(11, 10, 2));
+        fresh.insert(2, st(12, 10, 2));
+        assert_eq!(raft_of_members(&fresh), Some((2, Some("node0".into()))));
+        // node0's answers stop (it is dropped as stale); the others know no leader yet.
+        fresh.remove(&0);
+        fresh.insert(1, st(11, 0, 2));
+        assert_eq!(raft_of_members(&fresh), Some((2, None)));
+        // node1 is elected in term 3; an old answer of node0 still held would be outvoted.
+        fresh.insert(0, st(10, 10, 2));
+        fresh.insert(1, st(11, 11, 3));
+        fresh.insert(2, st(12, 11, 3));
+        assert_eq!(raft_of_members(&fresh), Some((3, Some("node1".into()))));
+    }
 
     fn peers() -> Vec<Peer> {
         schema::parse_peers("node0=10.77.0.10,node1=10.77.0.11,node2=10.77.0.12").unwrap()

@@ -736,11 +736,14 @@ async fn drive_view(c: &Cluster, served: &harness::view::Served) -> anyhow::Resu
             observed.elapsed() < Duration::from_secs(2),
             "2 s after the kill of {leader} was observed the page still shows leader {shown:?}; \
              the harness's events since the kill:\n{}",
-            seen.join("\n")
+            seen.iter()
+                .map(|e: &events::Event| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         // Waiting for the next event doubles as the pause between looks at the page.
         if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
-            seen.push(e.to_string());
+            seen.push(e);
         }
     }
     let lag = observed.elapsed();
@@ -772,15 +775,14 @@ async fn drive_view(c: &Cluster, served: &harness::view::Served) -> anyhow::Resu
     b.screenshot(&shot).await?;
     println!("screenshot: {shot}");
     // The stream itself saw the raft term change to the new leader.
+    let is_new_term = |e: &events::Event| matches!(&e.change, Change::RaftTerm { leader: Some(l), .. } if *l == shown);
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    while !seen.iter().any(is_new_term) {
         let e = tokio::time::timeout_at(deadline.into(), stream.next())
             .await
             .context("no raft term change in the event stream")?
             .context("the event stream ended")?;
-        if matches!(&e.change, Change::RaftTerm { leader: Some(l), .. } if *l == shown) {
-            break;
-        }
+        seen.push(e);
     }
     // The start button's request (with the token, same Origin) brings the node back.
     let (code, text) = raw(

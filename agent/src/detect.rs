@@ -718,23 +718,33 @@ pub async fn run(
     tasks.abort_all();
 }
 
+/// Where [`watch_own_key`] reports: the lease lost with a deleted key, and any write.
+#[derive(Debug, Clone)]
+pub struct OwnKeySignals {
+    pub lost: mpsc::Sender<i64>,
+    pub changed: Arc<tokio::sync::Notify>,
+}
+
 /// Watches this node's own key: when it is deleted while the node runs on the lease that
 /// holds it (a false removal, or a lease that expired under the node), reports that lease on
-/// `lost` so the key loop grants a new one and re-registers at once.
+/// `lost` so the key loop grants a new one and re-registers at once; on any write to it, asks
+/// the key loop on `changed` to read it back (an overwrite is repaired at once, not at the
+/// next [`crate::keys::NODE_KEY_RECHECK`]).
 pub async fn watch_own_key(
     name: String,
     mut client: Client,
     status: watch::Receiver<NodeStatus>,
-    lost: mpsc::Sender<i64>,
+    signals: OwnKeySignals,
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
+    let OwnKeySignals { lost, changed } = signals;
     let key = schema::node_key(&name);
     let mut delay = Duration::from_millis(200);
     loop {
         let ended = tokio::select! {
             _ = stop.cancelled() => return,
-            r = watch_once(&key, &mut client, &status, &lost, &counters) => r,
+            r = watch_once(&key, &mut client, &status, (&lost, &changed), &counters) => r,
         };
         if stop.is_cancelled() {
             return;
@@ -752,7 +762,7 @@ async fn watch_once(
     key: &str,
     client: &mut Client,
     status: &watch::Receiver<NodeStatus>,
-    lost: &mpsc::Sender<i64>,
+    (lost, changed): (&mpsc::Sender<i64>, &tokio::sync::Notify),
     counters: &Counters,
 ) -> String {
     let opts = WatchOptions::new().with_prev_key();
@@ -773,6 +783,9 @@ async fn watch_once(
         }
         for ev in resp.events() {
             if ev.event_type() != EventType::Delete {
+                // A write: this node's own, or somebody overwriting its record. One read-back
+                // tells which (and rewrites it if it is not this node's).
+                changed.notify_one();
                 continue;
             }
             let prev_lease = ev.prev_kv().map(|kv| kv.lease());

@@ -36,9 +36,11 @@ use tokio::time::Instant;
 /// first check after becoming leader, or after a new lease, is immediate.
 pub const LEADER_KEY_RECHECK: Duration = Duration::from_secs(2);
 
-/// How often the node key is read back while nothing else rewrites it. Same reasoning as
-/// [`LEADER_KEY_RECHECK`]: it bounds how long an overwritten node key hides this node.
-pub const NODE_KEY_RECHECK: Duration = Duration::from_secs(2);
+/// How often the node key is read back while nothing else rewrites it. A write to the key
+/// by anybody is seen at once by the agent's own-key watch, which asks for a read-back
+/// ([`Keys::node_key_changed`]); this period is the fallback for a watch that stalled
+/// unnoticed, and bounds how long an overwritten node key could then hide this node.
+pub const NODE_KEY_RECHECK: Duration = Duration::from_secs(10);
 
 /// How long a leader-key record of a higher raft term than this node's own must stay at
 /// the same revision, while this node's member keeps reporting itself leader in its lower
@@ -333,6 +335,12 @@ impl Keys {
     pub fn node_key_written(&mut self, role: Role, now: Instant) {
         self.written_role = Some(role);
         self.node_checked_at = Some(now);
+    }
+
+    /// The node key was written by somebody (the own-key watch saw it): read it back at the
+    /// next poll instead of after [`NODE_KEY_RECHECK`].
+    pub fn node_key_changed(&mut self) {
+        self.node_checked_at = None;
     }
 
     /// The leader key was found, or made, this node's on the current lease at `now`.
@@ -679,14 +687,15 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_node_key_is_read_back_every_two_seconds() {
+    async fn the_node_key_is_read_back_periodically_and_when_written() {
         let mut k = Keys::new(T0);
         let (_, plan) = k.poll(Role::Follower, Instant::now(), T0);
         assert_eq!(plan.check_node_key, None, "written now, not checked");
         apply_all(&mut k, plan, 1);
         let mut checks = Vec::new();
         let start = Instant::now();
-        for _ in 0..25 {
+        let polls = 2 * NODE_KEY_RECHECK.as_millis() / 200 + 1;
+        for _ in 0..polls {
             advance(Duration::from_millis(200)).await;
             let (_, plan) = k.poll(Role::Follower, Instant::now(), T0 + 1);
             assert_eq!(plan.put_node_key, None);
@@ -702,9 +711,21 @@ mod tests {
             }
             apply_all(&mut k, plan, 1);
         }
-        assert_eq!(checks, [Duration::from_secs(2), Duration::from_secs(4)]);
+        assert_eq!(checks, [NODE_KEY_RECHECK, 2 * NODE_KEY_RECHECK]);
+        // A write seen by the own-key watch makes the read-back due at once.
+        advance(Duration::from_millis(200)).await;
+        assert_eq!(
+            k.poll(Role::Follower, Instant::now(), T0 + 1)
+                .1
+                .check_node_key,
+            None
+        );
+        k.node_key_changed();
+        let (_, plan) = k.poll(Role::Follower, Instant::now(), T0 + 1);
+        assert!(plan.check_node_key.is_some(), "{plan:?}");
+        apply_all(&mut k, plan, 1);
         // A failed read-back is due again at the next poll.
-        advance(Duration::from_secs(2)).await;
+        advance(NODE_KEY_RECHECK).await;
         assert!(k
             .poll(Role::Follower, Instant::now(), T0 + 5)
             .1

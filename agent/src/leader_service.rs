@@ -49,8 +49,8 @@ pub struct Timing {
     pub start_within: Duration,
     /// A running service is kept while leadership was confirmed no longer ago than this.
     pub keep_within: Duration,
-    /// How often the confirmation's age is checked when no new status arrives (the agent's
-    /// status loop can itself be stuck in a slow etcd call).
+    /// How often, while the service runs, the confirmation's age is checked when no new
+    /// status arrives (the agent's status loop can itself be stuck in a slow etcd call).
     pub check_every: Duration,
 }
 
@@ -162,6 +162,14 @@ pub async fn control<L: Launcher>(
             }
         }
 
+        // Time alone changes the decision only while the service runs (its confirmation can
+        // age past `keep_within`) or a restart is pending; otherwise only a new status can,
+        // and an idle follower's loop sleeps until one comes.
+        let tick = if running.is_some() {
+            Some(timing.check_every)
+        } else {
+            retry_at.map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
+        };
         let wake = {
             let ended = async {
                 match running.as_mut() {
@@ -175,7 +183,7 @@ pub async fn control<L: Launcher>(
                     Ok(()) => Wake::Tick,
                     Err(_) => Wake::StatusGone,
                 },
-                _ = tokio::time::sleep(timing.check_every) => Wake::Tick,
+                _ = tokio::time::sleep(tick.unwrap_or_default()), if tick.is_some() => Wake::Tick,
                 why = ended => Wake::Ended(why),
             }
         };

@@ -154,6 +154,31 @@ async fn forged_etcd_keys(c: Cluster) -> anyhow::Result<()> {
         None,
     )
     .await?;
+    // The victim's agent sees the write to its key by watch and rewrites its own record at
+    // once (the periodic read-back, every 10 s, is only the fallback).
+    let overwritten = Instant::now();
+    let (_, took) = wait_for(
+        "the victim's agent to rewrite its overwritten node key",
+        Duration::from_millis(1500),
+        Duration::from_millis(50),
+        || async {
+            let rec = etcdctl_get(&c, forger, &format!("/clusterlab/nodes/{victim}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let n: Value = serde_json::from_str(&rec).map_err(|e| format!("{rec:?}: {e}"))?;
+            if n["ip"] == victim_ip.to_string().as_str() {
+                Ok(())
+            } else {
+                Err(format!("{victim}: {rec}"))
+            }
+        },
+    )
+    .await?;
+    println!(
+        "trust_forged_etcd_keys: {victim}'s overwritten node key was its own again {:.2} s after the write (seen after {:.2} s of looking)",
+        overwritten.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
     // 3. The leader key: a follower at its real address with a huge term, lease-less.
     etcdctl_put(
         &c,

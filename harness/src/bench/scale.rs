@@ -376,7 +376,9 @@ async fn one_size(
             image: opts.image.clone(),
             cpu_hog: false,
         };
-        Some(bench_runs(c, &hopts, progress).await?)
+        let mut r = bench_runs(c, &hopts, progress).await?;
+        (r.false_removals, r.detector_removals) = super::hosts::count_removals(c).await;
+        Some(r)
     } else {
         None
     };

@@ -1,9 +1,10 @@
 //! Failure detection faster than the lease.
 //!
-//! Every agent probes one peer per [`PROBE_EVERY`] in rotation (a TCP connect to the peer's
-//! health port, which the peer's kernel answers even while its processes are starved of CPU),
-//! so each node is probed by somebody about every period whatever the cluster's size, and each
-//! agent makes O(1) probes per period. A probe that fails makes the peer a suspect:
+//! Every agent probes one peer per [`PROBE_EVERY`] in rotation (a TCP connection attempt to
+//! [`PROBE_PORT`], where nothing listens: the peer's kernel answers it with a reset, even while
+//! the peer's processes are starved of CPU, and wakes none of them), so each node is probed by
+//! somebody about every period whatever the cluster's size, and each agent makes O(1) probes
+//! per period. A probe that gets no answer makes the peer a suspect:
 //!
 //! - a follower reports it to the leader's agent (`POST /suspect/<peer>` on the health API);
 //! - the leader's agent (the one whose etcd member leads, i.e. sits in a quorum) checks it: it
@@ -40,6 +41,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The port probes are sent to. Any answer of the peer's kernel, a reset (nothing listens,
+/// the usual case) or an accepted connection, shows the node alive: a node's container lives
+/// exactly as long as its agent (the agent is its main process), and its network namespace
+/// with it. Only silence (the container is gone, or a partition drops the packets) counts
+/// against it. A closed port costs the probed node no process wake-up, where a probe of the
+/// health port made its agent accept and close a connection four times a second.
+pub const PROBE_PORT: u16 = 9;
 /// One peer is probed per period, in rotation.
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// A TCP connect that has not completed after this long is a failed probe. A live peer's
@@ -330,7 +338,7 @@ pub struct Report {
 pub struct Handle {
     me: String,
     peers: Arc<Vec<Peer>>,
-    port: u16,
+    probe_port: u16,
     reports: mpsc::Sender<Report>,
     probes: Arc<Semaphore>,
     status: watch::Receiver<NodeStatus>,
@@ -350,7 +358,7 @@ impl Handle {
             Handle {
                 me: settings.me.clone(),
                 peers: Arc::new(settings.peers.clone()),
-                port: settings.port,
+                probe_port: settings.probe_port,
                 status,
                 leader_fresh: settings.leader_fresh,
                 reports: tx,
@@ -387,7 +395,7 @@ async fn probe_route(State(h): State<Handle>, Path(peer): Path<String>) -> (Stat
     let Ok(_permit) = h.probes.clone().try_acquire_owned() else {
         return (StatusCode::TOO_MANY_REQUESTS, "busy\n".into());
     };
-    match tcp_probe(p.ip, h.port, PROBE_TIMEOUT).await {
+    match tcp_probe(p.ip, h.probe_port, PROBE_TIMEOUT).await {
         Probe::Alive => (StatusCode::OK, "alive\n".into()),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "unreachable\n".into()),
     }
@@ -410,11 +418,14 @@ async fn counters_route(State(h): State<Handle>) -> Json<CountersView> {
     Json(h.counters.view())
 }
 
-/// A TCP connect to `ip:port` within `timeout`.
+/// A TCP connection attempt to `ip:port`: alive if the peer's kernel answered within
+/// `timeout`, accepting or refusing (a reset); dead if nothing answered (a timeout, or the
+/// address unreachable).
 pub async fn tcp_probe(ip: Ipv4Addr, port: u16, timeout: Duration) -> Probe {
     let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Probe::Alive,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Alive,
         _ => Probe::Dead,
     }
 }
@@ -509,6 +520,7 @@ struct CheckJob {
     reporter: Option<String>,
     helpers: Vec<Peer>,
     port: u16,
+    probe_port: u16,
     fresh: Duration,
 }
 
@@ -536,7 +548,7 @@ async fn check(
         }
     };
     let started = Instant::now();
-    let direct = tcp_probe(job.suspect.ip, job.port, PROBE_TIMEOUT);
+    let direct = tcp_probe(job.suspect.ip, job.probe_port, PROBE_TIMEOUT);
     let indirect = futures::future::join_all(job.helpers.iter().map(|h| async {
         (
             h.name.clone(),
@@ -617,6 +629,8 @@ pub struct Settings {
     pub peers: Vec<Peer>,
     /// The health port, the same on every node.
     pub port: u16,
+    /// The port probes go to: [`PROBE_PORT`] on the nodes.
+    pub probe_port: u16,
     /// A leadership confirmed longer ago than this lets this agent remove nobody.
     pub leader_fresh: Duration,
 }
@@ -634,6 +648,7 @@ pub async fn run(
         me,
         peers,
         port,
+        probe_port,
         leader_fresh,
     } = settings;
     let mut det = Detector::new(&me, &peers);
@@ -653,6 +668,7 @@ pub async fn run(
             reporter,
             helpers,
             port,
+            probe_port,
             fresh: leader_fresh,
         };
         let (client, status, counters) = (client.clone(), status.clone(), counters.clone());
@@ -668,7 +684,7 @@ pub async fn run(
                 }
                 if let Some(i) = det.next_target() {
                     let ip = det.peer(i).ip;
-                    tasks.spawn(async move { Done::Probed(i, tcp_probe(ip, port, PROBE_TIMEOUT).await) });
+                    tasks.spawn(async move { Done::Probed(i, tcp_probe(ip, probe_port, PROBE_TIMEOUT).await) });
                 }
             }
             Some(r) = reports.recv() => {
@@ -824,6 +840,32 @@ mod tests {
             .collect()
     }
 
+    /// A port on `ip` that answers nothing: a listener with a backlog of one, never accepting,
+    /// whose queue is already full (the kernel then drops further SYNs). Loopback has no other
+    /// way to be silent: every 127/8 address is local and refuses with a reset.
+    async fn silent_listener(ip: Ipv4Addr) -> ((tokio::net::TcpListener, TcpStream), u16) {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0))).unwrap();
+        let listener = sock.listen(0).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let filler = TcpStream::connect((ip, port)).await.unwrap();
+        ((listener, filler), port)
+    }
+
+    #[tokio::test]
+    async fn any_answer_of_the_peers_kernel_is_alive_and_silence_is_dead() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let t = Duration::from_millis(500);
+        assert_eq!(tcp_probe(Ipv4Addr::LOCALHOST, open, t).await, Probe::Alive);
+        // A port nobody listens on: the kernel's reset is an answer.
+        drop(listener);
+        assert_eq!(tcp_probe(Ipv4Addr::LOCALHOST, open, t).await, Probe::Alive);
+        // No answer within the timeout.
+        let (_silent, port) = silent_listener(Ipv4Addr::LOCALHOST).await;
+        assert_eq!(tcp_probe(Ipv4Addr::LOCALHOST, port, t).await, Probe::Dead);
+    }
+
     #[test]
     fn removal_needs_the_leader_its_own_failed_probe_and_a_second_prober() {
         let d = |n: &str| (n.to_string(), Probe::Dead);
@@ -971,10 +1013,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_endpoints_probe_only_configured_peers() {
+        let (_silent, silent_port) = silent_listener(Ipv4Addr::new(127, 0, 0, 11)).await;
         let settings = Settings {
             me: "node0".into(),
             peers: peers(3),
             port: 1,
+            probe_port: silent_port,
             leader_fresh: Duration::from_secs(1),
         };
         let config = clusterlab_core::config::Config {
@@ -1000,8 +1044,8 @@ mod tests {
         let (code, _) = suspect_route(State(h.clone()), Path("node2".into())).await;
         assert_eq!(code, StatusCode::ACCEPTED);
         assert_eq!(rx.try_recv().unwrap().suspect, "node2");
-        // A configured peer that does not answer (nothing listens on port 1 of 127.0.0.11)
-        // is reported unreachable.
+        // A configured peer that does not answer (127.0.0.11's probe port is silent) is
+        // reported unreachable.
         let (code, body) = probe_route(State(h), Path("node1".into())).await;
         assert_eq!(
             (code, body.as_str()),
@@ -1016,16 +1060,15 @@ mod tests {
         let helper_ip = Ipv4Addr::new(127, 0, 0, 12);
         let listener = tokio::net::TcpListener::bind((helper_ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        // node0 is alive (something listens on its address and the shared port), node3 is not.
-        let alive = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 10), port))
-            .await
-            .unwrap();
+        // node0 is alive (its kernel answers on the probe port), node3 is silent there.
+        let (silent, probe_port) = silent_listener(Ipv4Addr::new(127, 0, 0, 13)).await;
         let mut all = peers(4);
         all[2].ip = helper_ip;
         let settings = Settings {
             me: "node2".into(),
             peers: all,
             port,
+            probe_port,
             leader_fresh: Duration::from_secs(1),
         };
         let config = clusterlab_core::config::Config {
@@ -1048,6 +1091,6 @@ mod tests {
             indirect_probe(helper_ip, port, "node0").await,
             Probe::NoAnswer
         );
-        drop(alive);
+        drop(silent);
     }
 }

@@ -124,6 +124,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         me: config.name.clone(),
         peers: config.peer_list(),
         port: config.health_port,
+        probe_port: detect::PROBE_PORT,
         leader_fresh: Duration::from_millis(config.leader_poll_ms * 3).max(Duration::from_secs(1)),
     };
     let (detector, reports) = detect::Handle::new(&detect_settings, status_rx.clone());

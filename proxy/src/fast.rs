@@ -63,10 +63,12 @@ pub(crate) async fn connection(
         rx: proxy.tracker().subscribe(),
         proxy,
         peer_ip: peer.ip().to_string(),
-        inbuf: BytesMut::with_capacity(8 * 1024),
-        upbuf: BytesMut::with_capacity(READ_CHUNK),
-        req: Vec::with_capacity(1024),
-        out: Vec::with_capacity(4 * 1024),
+        // Small until used: an idle connection costs little (the others grow on the first
+        // request and are kept for the next).
+        inbuf: BytesMut::with_capacity(4 * 1024),
+        upbuf: BytesMut::new(),
+        req: Vec::new(),
+        out: Vec::new(),
     };
     if !conn.run(&mut client, &mut shutdown).await {
         return;

@@ -605,6 +605,11 @@ impl Conn {
         let header_timeout = self.proxy.settings().header_timeout;
         let head_by = tokio::time::sleep(header_timeout);
         tokio::pin!(head_by);
+        // One timer per connection for the response timeout, moved to each request's
+        // deadline: tokio moves a registered timer to a later deadline without touching its
+        // wheel, where a new timer per request would be inserted and removed each time.
+        let answer_by = tokio::time::sleep(self.proxy.settings().response_timeout);
+        tokio::pin!(answer_by);
         loop {
             // A complete request head, within the header timeout.
             let mut scanned = 0;
@@ -642,7 +647,9 @@ impl Conn {
             };
             self.inbuf.advance(ready.head_len);
             Counters::bump(&self.proxy.tracker().counters.requests);
-            if self.forward(client, ready).await == Next::Close || *shutdown.borrow() {
+            if self.forward(client, ready, answer_by.as_mut()).await == Next::Close
+                || *shutdown.borrow()
+            {
                 return false;
             }
             head_by.as_mut().reset(Instant::now() + header_timeout);
@@ -651,7 +658,12 @@ impl Conn {
 
     /// Forwards the request in `req` to the leader and its response to the client, holding
     /// and retrying as [`crate::forward`] does for idempotent requests.
-    async fn forward(&mut self, client: &mut Client, ready: Ready) -> Next {
+    async fn forward(
+        &mut self,
+        client: &mut Client,
+        ready: Ready,
+        mut answer_by: Pin<&mut tokio::time::Sleep>,
+    ) -> Next {
         let proxy = self.proxy.clone();
         let settings = *proxy.settings();
         let counters = &proxy.tracker().counters;
@@ -736,7 +748,9 @@ impl Conn {
             // meanwhile fails here or at the first read, with nothing carried out.
             let sent = upstream.write_all(&self.req).await;
             self.upbuf.clear();
-            let answer_by = Instant::now() + settings.response_timeout;
+            answer_by
+                .as_mut()
+                .reset(Instant::now() + settings.response_timeout);
             let result = match sent {
                 Err(e) => Err(HeadError::Io(e)),
                 Ok(()) => tokio::select! {
@@ -754,7 +768,7 @@ impl Conn {
                         Counters::bump(&counters.retries);
                         continue;
                     }
-                    () = tokio::time::sleep_until(answer_by) => {
+                    () = answer_by.as_mut() => {
                         let text = proxy.gateway_timeout_text(up);
                         return answer(client, &mut self.out, "504 Gateway Timeout", "", &text, ready.close).await;
                     }

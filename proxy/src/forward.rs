@@ -226,7 +226,7 @@ fn text_response(status: StatusCode, text: String) -> Response<Body> {
 }
 
 /// Resolves when the upstream is no longer `up` (checked at once, then on every change).
-async fn changed_away(rx: &mut watch::Receiver<Option<Arc<Leader>>>, up: &Upstream) {
+pub(crate) async fn changed_away(rx: &mut watch::Receiver<Option<Arc<Leader>>>, up: &Upstream) {
     loop {
         if rx.borrow_and_update().as_deref().map(|l| &l.up) != Some(up) {
             return;
@@ -317,15 +317,36 @@ impl Proxy {
         Ok(self.forward(req, peer).await)
     }
 
-    fn unavailable(&self, detail: &str) -> Response<Body> {
+    /// The text of a 503 (counted); both paths answer with it (with `Retry-After: 1`).
+    pub(crate) fn unavailable_text(&self, detail: &str) -> String {
         Counters::bump(&self.tracker.counters.unavailable);
+        format!(
+            "503 Service Unavailable: no leader is known ({detail}); waited {:.1} s. \
+             Try again shortly.\n",
+            self.settings.hold.as_secs_f64()
+        )
+    }
+
+    /// The text of a 502 (counted).
+    pub(crate) fn bad_gateway_text(&self, detail: &str) -> String {
+        Counters::bump(&self.tracker.counters.bad_gateway);
+        format!("502 Bad Gateway: {detail}\n")
+    }
+
+    /// The text of a 504 (counted and logged).
+    pub(crate) fn gateway_timeout_text(&self, up: &Upstream) -> String {
+        Counters::bump(&self.tracker.counters.gateway_timeout);
+        tracing::warn!(upstream = %up, "no response head within the response timeout");
+        format!(
+            "504 Gateway Timeout: {up} did not answer within {:.1} s\n",
+            self.settings.response_timeout.as_secs_f64()
+        )
+    }
+
+    fn unavailable(&self, detail: &str) -> Response<Body> {
         let mut r = text_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "503 Service Unavailable: no leader is known ({detail}); waited {:.1} s. \
-                 Try again shortly.\n",
-                self.settings.hold.as_secs_f64()
-            ),
+            self.unavailable_text(detail),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -333,23 +354,11 @@ impl Proxy {
     }
 
     fn bad_gateway(&self, detail: &str) -> Response<Body> {
-        Counters::bump(&self.tracker.counters.bad_gateway);
-        text_response(
-            StatusCode::BAD_GATEWAY,
-            format!("502 Bad Gateway: {detail}\n"),
-        )
+        text_response(StatusCode::BAD_GATEWAY, self.bad_gateway_text(detail))
     }
 
     fn gateway_timeout(&self, up: &Upstream) -> Response<Body> {
-        Counters::bump(&self.tracker.counters.gateway_timeout);
-        tracing::warn!(upstream = %up, "no response head within the response timeout");
-        text_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "504 Gateway Timeout: {up} did not answer within {:.1} s\n",
-                self.settings.response_timeout.as_secs_f64()
-            ),
-        )
+        text_response(StatusCode::GATEWAY_TIMEOUT, self.gateway_timeout_text(up))
     }
 
     async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

@@ -12,6 +12,8 @@
 //! - [`follow`]: feeding the upstream from etcd's `/clusterlab/leader` (a watch through every
 //!   endpoint, resynced when lost) or from the hosts block of a file.
 //! - [`gateway`]: etcd's HTTP/JSON gateway (`/v3/kv/range`, `/v3/watch`), read with hyper.
+//! - [`fast`]: plain keep-alive GET/HEAD/OPTIONS forwarded in the client connection's task;
+//!   everything else goes to [`forward`] through hyper.
 //! - [`forward`]: forwarding one request: hold, retry, stream, WebSocket tunnels.
 //! - [`pool`]: keep-alive connections to upstreams.
 //! - [`limits`]: the cap on client connections, the header and idle timeouts.
@@ -19,6 +21,7 @@
 //! - [`relay`]: a plain byte relay, the benchmark's floor for the cost of the extra hop.
 //! - [`serve`] / [`run`]: the accept loop and the whole proxy.
 
+pub mod fast;
 pub mod follow;
 pub mod forward;
 pub mod gateway;
@@ -31,7 +34,7 @@ pub mod upstream;
 pub use forward::{Proxy, Settings, STATUS_PATH, UPSTREAM_HEADER};
 pub use upstream::{StatusReport, Tracker, Upstream};
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::path::PathBuf;
@@ -114,7 +117,9 @@ pub async fn run(config: ProxyConfig, listener: TcpListener, shutdown: impl Futu
 /// open connections finish (bounded) and returns. The proxy's settings bound every client
 /// connection: the cap on open ones, the header timeout and the idle timeout.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection holds a receiver: the flag tells it to finish, and the sender's
+    // `closed()` says when all have.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let settings = *proxy.settings();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -126,6 +131,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         .timer(TokioTimer::new())
         .keep_alive_interval(settings.idle_timeout)
         .keep_alive_timeout(settings.header_timeout);
+    let builder = Arc::new(builder);
     let slots = proxy.slots().clone();
     tokio::pin!(shutdown);
     loop {
@@ -148,15 +154,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         let _ = stream.set_nodelay(true);
         let activity = limits::Activity::new();
         let io = limits::Watched::new(stream, activity.clone(), Some(slot));
-        let proxy = proxy.clone();
-        let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let conn = fast::connection(proxy.clone(), io, peer, builder.clone(), stop_rx.clone());
         tokio::spawn(async move {
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "client connection ended");
-                },
+                () = conn => {}
                 why = limits::watchdog(&activity, settings.header_timeout, settings.idle_timeout) => {
                     tracing::debug!(%peer, ?why, "closing a client connection");
                 }
@@ -164,7 +165,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop_tx.closed())
         .await
         .is_err()
     {

@@ -8,8 +8,9 @@
 //!   connection's slot for as long as the socket lives (a WebSocket tunnel keeps it too).
 //! - [`watchdog`] resolves when a connection has to be closed: no complete byte before the
 //!   header timeout after accept, or nothing moved either way for the idle timeout. The
-//!   header timeout of every later request head is hyper's (it runs from the moment the
-//!   connection is ready for the next request, so it also ends idle keep-alive connections).
+//!   header timeout of every later request head is the fast path's (`crate::fast`), or
+//!   hyper's once a connection went to it; both run from the moment the connection is ready
+//!   for the next request, so they also end idle keep-alive connections.
 
 use std::io;
 use std::pin::Pin;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 /// An idle connection older than this is dropped rather than reused: the upstream may be
 /// about to close it, and a request racing that close would need a retry.
@@ -38,10 +39,12 @@ pub enum ConnectError {
 /// An idle connection and since when it is idle.
 type Idle = (http1::SendRequest<Body>, Instant);
 
-/// Idle connections by upstream address.
+/// Idle connections by upstream address: hyper's (for the general path) and plain sockets
+/// (for the fast path of [`crate::fast`], which speaks HTTP/1.1 on them itself).
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    raw: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
 }
 
 impl Pool {
@@ -79,16 +82,51 @@ impl Pool {
         }
     }
 
+    /// A plain idle socket to `addr` that has not been closed by the upstream, if any.
+    pub fn take_raw(&self, addr: SocketAddr) -> Option<TcpStream> {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let list = raw.get_mut(&addr)?;
+        while let Some((s, since)) = list.pop() {
+            if since.elapsed() >= MAX_IDLE {
+                // The rest are older still.
+                list.clear();
+                return None;
+            }
+            // An idle keep-alive socket has nothing to read: a readable one was closed by the
+            // upstream (or sent garbage). `try_read` costs no system call unless the reactor
+            // saw it become readable.
+            match s.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(s),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Lists a plain socket for reuse; it must be between responses, with nothing unread.
+    pub fn put_raw(&self, addr: SocketAddr, stream: TcpStream) {
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let list = raw.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            // Most recent last: `take_raw` pops the freshest.
+            list.push((stream, Instant::now()));
+        }
+    }
+
     /// Drops idle connections to every upstream but `keep` (after a switch).
     pub fn retain_only(&self, keep: Option<SocketAddr>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|addr, _| Some(*addr) == keep);
+        drop(idle);
+        let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        raw.retain(|addr, _| Some(*addr) == keep);
     }
 
     /// Number of idle connections (for tests).
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum()
+        let raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum::<usize>() + raw.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -98,11 +136,8 @@ fn prune(list: &mut Vec<Idle>) {
     list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < MAX_IDLE);
 }
 
-/// A new connection to `addr`, within `timeout`.
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<http1::SendRequest<Body>, ConnectError> {
+/// A new plain socket to `addr` (no delay), within `timeout`.
+pub async fn connect_raw(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
@@ -114,6 +149,15 @@ pub async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A new connection to `addr`, within `timeout`.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<Body>, ConnectError> {
+    let stream = connect_raw(addr, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -793,3 +793,36 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     assert_eq!(value("clusterlab_proxy_has_leader", None), 1.0);
     assert!(value("clusterlab_proxy_open_connections", None) >= 1.0);
 }
+
+#[tokio::test]
+async fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = start_upstream("a").await;
+    let (proxy, tracker) = start_proxy(1000).await;
+    tracker.set(Some(a));
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    // Two heads in one write: the second is read with the first and must wait its turn.
+    s.write_all(
+        b"GET /api/status HTTP/1.1\r\nHost: proxy\r\n\r\n\
+          GET /nothing-here HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the proxy answered both and closed")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    let first = got.find("HTTP/1.1 200 ").expect("a 200 first");
+    let second = got.find("HTTP/1.1 404 ").expect("then a 404");
+    assert!(first < second, "{got}");
+    assert!(got.contains(r#"{"name":"a"}"#), "{got}");
+    assert_eq!(
+        got.matches("x-clusterlab-upstream: a\r\n").count(),
+        2,
+        "{got}"
+    );
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert_eq!(status(proxy).await["forwarded"], 2);
+}

@@ -692,6 +692,9 @@ async fn start_host_servers(
     let mut cmd = tokio::process::Command::new(&opts.proxy_bin);
     cmd.arg("--endpoints")
         .arg(c.etcd_endpoints().join(","))
+        // Required since leader records are trusted only for the planned peers.
+        .arg("--peers")
+        .arg(c.spec.peers())
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn");

@@ -35,8 +35,11 @@ pub const IMAGE_PREFIX_ENV: &str = "CLUSTERLAB_IMAGE_PREFIX";
 /// Environment variable naming the cargo profile of the node binaries (default: the profile
 /// the running harness was built in, so its compiled dependencies are reused).
 pub const NODE_PROFILE_ENV: &str = "CLUSTERLAB_NODE_PROFILE";
-/// The workspace binaries that go into the node image.
+/// The workspace programs of the node image: links (in `/usr/local/bin`) to [`NODE_EXE`].
 pub const NODE_BINARIES: [&str; 4] = ["agent", "hostsgen", "sshkeys", "proxy"];
+/// The node image's one executable (package and binary `clusterlab-node`, `node/`), which runs
+/// the program named by the link it is started through.
+pub const NODE_EXE: &str = "clusterlab-node";
 /// Debian packages installed into the base image.
 pub const BASE_PACKAGES: [&str; 10] = [
     "etcd-server",
@@ -711,7 +714,7 @@ pub fn cargo_output_of(exe: &Path) -> Option<(PathBuf, String)> {
 pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
     let build = BinBuild::for_workspace(workspace);
     let step = Step::start(format!(
-        "building {} for the node image (cargo profile {}, {})",
+        "building {NODE_EXE} ({}) for the node image (cargo profile {}, {})",
         NODE_BINARIES.join(", "),
         build.profile,
         build.target_dir.display()
@@ -719,16 +722,13 @@ pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = tokio::process::Command::new(&cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--profile", &build.profile, "--bins"])
+        .args(["build", "--profile", &build.profile, "-p", NODE_EXE])
+        .args(["--bin", NODE_EXE])
         .arg("--target-dir")
         .arg(&build.target_dir);
-    for b in NODE_BINARIES {
-        cmd.args(["-p", b]);
-    }
     let display = format!(
-        "{cargo} build --profile {} --bins -p {} (in {})",
+        "{cargo} build --profile {} -p {NODE_EXE} --bin {NODE_EXE} (in {})",
         build.profile,
-        NODE_BINARIES.join(" -p "),
         workspace.display()
     );
     run_captured(&step, cmd, &display, 60).await?;
@@ -737,42 +737,48 @@ pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
     Ok(stripped)
 }
 
-/// Copies the node binaries without their symbol tables and debug information (a node logs
+/// Copies the node executable without its symbol table and debug information (a node logs
 /// its errors; nobody runs a debugger in it) into `<target>/node-image-bin/<profile>/`, where
-/// the image's build context is read from. Without a `strip` program (binutils) the binaries
-/// are copied as they are.
+/// the image's build context is read from, next to links named after its programs. Without a
+/// `strip` program (binutils) it is copied as it is.
 async fn strip_binaries(build: &BinBuild) -> Result<PathBuf> {
     let dest = build.target_dir.join("node-image-bin").join(&build.profile);
     let io = |what: String| move |source| HarnessError::Io { what, source };
     std::fs::create_dir_all(&dest).map_err(io(format!("creating {}", dest.display())))?;
-    let have_strip = which("strip");
-    for b in NODE_BINARIES {
-        let src = build.out_dir().join(b);
-        let tmp = dest.join(format!(".{b}.{}", std::process::id()));
-        let stripped = have_strip
-            && tokio::process::Command::new("strip")
-                .arg("--strip-all")
-                .arg("-o")
-                .arg(&tmp)
-                .arg(&src)
-                .stdin(Stdio::null())
-                .status()
-                .await
-                .map(|s| s.success())
-                .unwrap_or(false);
-        if !stripped {
-            std::fs::copy(&src, &tmp).map_err(io(format!(
-                "copying {} to {}",
-                src.display(),
-                tmp.display()
-            )))?;
-        }
-        let target = dest.join(b);
-        std::fs::rename(&tmp, &target).map_err(io(format!(
-            "moving {} to {}",
-            tmp.display(),
-            target.display()
+    let src = build.out_dir().join(NODE_EXE);
+    let tmp = dest.join(format!(".{NODE_EXE}.{}", std::process::id()));
+    let stripped = which("strip")
+        && tokio::process::Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .stdin(Stdio::null())
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !stripped {
+        std::fs::copy(&src, &tmp).map_err(io(format!(
+            "copying {} to {}",
+            src.display(),
+            tmp.display()
         )))?;
+    }
+    let exe = dest.join(NODE_EXE);
+    std::fs::rename(&tmp, &exe).map_err(io(format!(
+        "moving {} to {}",
+        tmp.display(),
+        exe.display()
+    )))?;
+    // The programs by name, as in the image (`harness bench proxy` runs `proxy` from here).
+    for b in NODE_BINARIES {
+        let link = dest.join(b);
+        if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(NODE_EXE)) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(NODE_EXE, &link)
+                .map_err(io(format!("linking {} to {NODE_EXE}", link.display())))?;
+        }
     }
     Ok(dest)
 }
@@ -803,9 +809,12 @@ impl NodeContext {
                 0o644,
             ),
         ];
-        for b in NODE_BINARIES {
-            files.push((format!("bin/{b}"), read(bin_dir.join(b))?, 0o755));
-        }
+        // The links to it are made by the Dockerfile.
+        files.push((
+            format!("bin/{NODE_EXE}"),
+            read(bin_dir.join(NODE_EXE))?,
+            0o755,
+        ));
         Ok(NodeContext { files })
     }
 

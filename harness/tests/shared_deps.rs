@@ -1,5 +1,5 @@
-//! The harness and the node binaries it builds (a second cargo invocation, same profile and
-//! target dir) must see every dependency they share with the same features; otherwise cargo
+//! The harness and the node executable it builds (`clusterlab-node`, holding agent, hostsgen,
+//! sshkeys and proxy; a second cargo invocation, same profile and target dir) must see every dependency they share with the same features; otherwise cargo
 //! compiles that dependency, and everything above it, a second time on a first run. Cargo
 //! unifies features per invocation, so `shared-deps/Cargo.toml` lists the union; this test
 //! fails, naming the crate, when a change makes the two sides differ again.
@@ -54,7 +54,7 @@ fn features(packages: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn harness_and_node_binaries_share_every_common_dependency() {
     let harness = features(&["harness"]);
-    let node = features(&harness::images::NODE_BINARIES);
+    let node = features(&[harness::images::NODE_EXE]);
     assert!(
         harness.len() > 50 && node.len() > 50,
         "cargo tree listed too little: {} and {} packages",

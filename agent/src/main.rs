@@ -22,8 +22,9 @@ struct Args {
     etcd_flags: bool,
 }
 
+// pub(crate): also the `agent` of the multi-call node binary (node/src/main.rs).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub(crate) async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     agent::init_tracing();
     let config = agent::Config::load(args.config.as_deref())?;

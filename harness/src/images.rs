@@ -22,12 +22,27 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Repository of the node image; the tag is a content hash.
+/// Repository of the node image (with the default prefix); the tag is a content hash.
 pub const NODE_REPO: &str = "clusterlab-node";
-/// Repository of the base image made from Debian packages; the tag is the Debian suite.
+/// Repository of the base image made from Debian packages (with the default prefix); the tag
+/// is the Debian suite.
 pub const BASE_REPO: &str = "clusterlab-base";
-/// The workspace binaries that go into the node image.
+/// The default prefix of the image repositories (`<prefix>-base`, `<prefix>-node`).
+pub const DEFAULT_IMAGE_PREFIX: &str = "clusterlab";
+/// Environment variable naming another prefix, e.g. to time a first run without touching the
+/// images everybody else uses.
+pub const IMAGE_PREFIX_ENV: &str = "CLUSTERLAB_IMAGE_PREFIX";
+/// Environment variable naming the cargo profile of the node binaries (default: the profile
+/// the running harness was built in, so its compiled dependencies are reused, except that a
+/// debug harness builds them in [`BIN_PROFILE`]).
+pub const NODE_PROFILE_ENV: &str = "CLUSTERLAB_NODE_PROFILE";
+/// The node binaries' profile when the harness itself is a debug build: optimised.
+pub const BIN_PROFILE: &str = "node";
+/// The workspace programs of the node image: links (in `/usr/local/bin`) to [`NODE_EXE`].
 pub const NODE_BINARIES: [&str; 4] = ["agent", "hostsgen", "sshkeys", "proxy"];
+/// The node image's one executable (package and binary `clusterlab-node`, `node/`), which runs
+/// the program named by the link it is started through.
+pub const NODE_EXE: &str = "clusterlab-node";
 /// Debian packages installed into the base image.
 pub const BASE_PACKAGES: [&str; 10] = [
     "etcd-server",
@@ -41,10 +56,6 @@ pub const BASE_PACKAGES: [&str; 10] = [
     "python3",
     "curl",
 ];
-/// The cargo profile (see the workspace Cargo.toml) and target dir used for image binaries.
-/// A separate target dir keeps `cargo test`'s own lock free while the harness builds.
-pub const BIN_PROFILE: &str = "node";
-const BIN_TARGET_DIR: &str = "target/node-image";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What to build and from where.
@@ -61,6 +72,8 @@ pub struct ImageOptions {
     pub mirror: Option<String>,
     /// Rebuild even when an image with the right tag exists.
     pub rebuild: bool,
+    /// Prefix of the image repositories: `<prefix>-base:<suite>`, `<prefix>-node:<hash>`.
+    pub prefix: String,
 }
 
 impl ImageOptions {
@@ -72,8 +85,48 @@ impl ImageOptions {
             suite: host_debian_suite().unwrap_or_else(|| "bookworm".into()),
             mirror: None,
             rebuild: false,
+            prefix: std::env::var(IMAGE_PREFIX_ENV)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| DEFAULT_IMAGE_PREFIX.into()),
         }
     }
+
+    /// Repository of the base image.
+    pub fn base_repo(&self) -> String {
+        format!("{}-base", self.prefix)
+    }
+
+    /// Repository of the node image.
+    pub fn node_repo(&self) -> String {
+        format!("{}-node", self.prefix)
+    }
+
+    /// The prefix must make valid Docker repository names.
+    pub fn check_prefix(&self) -> Result<()> {
+        check_image_prefix(&self.prefix).map_err(|reason| HarnessError::BadSpec {
+            field: format!("image prefix {:?} ({IMAGE_PREFIX_ENV})", self.prefix),
+            reason,
+        })
+    }
+}
+
+/// A prefix for Docker repository names: lower-case letters, digits, `.`, `_` and `-`,
+/// starting with a letter or digit, at most 100 characters.
+pub fn check_image_prefix(prefix: &str) -> std::result::Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c);
+    if prefix.is_empty() || prefix.len() > 100 {
+        return Err("must be 1 to 100 characters".into());
+    }
+    if !prefix.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return Err("must start with a lower-case letter or a digit".into());
+    }
+    if let Some(c) = prefix.chars().find(|c| !ok_char(*c)) {
+        return Err(format!(
+            "{c:?} is not allowed (lower-case letters, digits, '.', '_' and '-' only)"
+        ));
+    }
+    Ok(())
 }
 
 /// The images a cluster runs.
@@ -155,26 +208,31 @@ pub async fn image_exists(docker: &Docker, name: &str) -> Result<bool> {
     }
 }
 
-/// Makes sure the base and node images exist, building what is missing.
+/// Makes sure the base and node images exist, building what is missing. The base image is
+/// made while cargo builds the node binaries (one is mostly network and disk, the other CPU).
 pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Images> {
-    let base = ensure_base(docker, opts).await?;
-    let node = ensure_node(docker, opts, &base).await?;
+    opts.check_prefix()?;
+    let (base, bin_dir) =
+        tokio::try_join!(ensure_base(docker, opts), build_binaries(&opts.workspace))?;
+    let node = node_image(docker, opts, &base, &bin_dir).await?;
     Ok(Images { base, node })
 }
 
 /// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
 /// made from Debian packages when missing.
 pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String, HarnessError> {
+    opts.check_prefix()?;
+    let base_repo = opts.base_repo();
     if let Some(configured) = &opts.base_image {
         if image_exists(docker, configured).await? {
             return Ok(configured.clone());
         }
         eprintln!(
-            "note: base image {configured} is not present locally and cannot be pulled here; making {BASE_REPO}:{} from Debian packages instead",
+            "note: base image {configured} is not present locally and cannot be pulled here; making {base_repo}:{} from Debian packages instead",
             opts.suite
         );
     }
-    let name = format!("{BASE_REPO}:{}", opts.suite);
+    let name = format!("{base_repo}:{}", opts.suite);
     if !opts.rebuild && image_exists(docker, &name).await? {
         return Ok(name);
     }
@@ -514,16 +572,28 @@ fn nix_is_root() -> bool {
 /// Runs a command, showing its output lines as step details; on failure the error carries
 /// the last lines of output.
 async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
-    let mut child = tokio::process::Command::new(prog)
-        .args(args)
-        .env("PATH", PATH_ENV.trim_start_matches("PATH="))
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .env("PATH", PATH_ENV.trim_start_matches("PATH="));
+    run_captured(step, cmd, &format!("{prog} {}", args.join(" ")), 15).await
+}
+
+/// Runs `cmd` (shown as `display`) with its output as step details; on failure the error
+/// carries its last `keep` lines.
+async fn run_captured(
+    step: &Step,
+    mut cmd: tokio::process::Command,
+    display: &str,
+    keep: usize,
+) -> Result<()> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| HarnessError::Io {
-            what: format!("starting {prog}"),
+            what: format!("starting {display}"),
             source,
         })?;
     let mut tail: std::collections::VecDeque<String> = Default::default();
@@ -544,7 +614,7 @@ async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
         if let Some(l) = line {
             step.detail(&l);
             tail.push_back(l);
-            if tail.len() > 15 {
+            if tail.len() > keep {
                 tail.pop_front();
             }
         }
@@ -553,57 +623,176 @@ async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait().await.map_err(|source| HarnessError::Io {
-        what: format!("waiting for {prog}"),
+        what: format!("waiting for {display}"),
         source,
     })?;
     if status.success() {
         Ok(())
     } else {
         Err(HarnessError::CommandFailed {
-            command: format!("{prog} {}", args.join(" ")),
+            command: display.to_string(),
             status: status.to_string(),
             output: tail.into_iter().collect::<Vec<_>>().join("\n"),
         })
     }
 }
 
-/// Builds the workspace binaries for the image with the `node` profile.
-pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
-    let step = Step::start("building agent, hostsgen, sshkeys and proxy for the node image");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Respect a shared CARGO_TARGET_DIR; keep a directory of our own inside it.
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("node-image"),
-        None => workspace.join(BIN_TARGET_DIR),
+/// Where and how the node binaries are built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinBuild {
+    /// The cargo target dir.
+    pub target_dir: PathBuf,
+    /// The cargo profile (`dev`, `release` or one of the workspace Cargo.toml's).
+    pub profile: String,
+}
+
+impl BinBuild {
+    /// For the node image of `workspace`: the target dir and profile the running harness was
+    /// built in (so cargo reuses the dependencies it compiled for the harness: see
+    /// ARCHITECTURE.md "One compile"); `CLUSTERLAB_NODE_PROFILE` names another profile. A
+    /// harness that does not run from a cargo target dir of this workspace (installed
+    /// elsewhere, or given another `--workspace`) builds in that workspace's target dir.
+    pub fn for_workspace(workspace: &Path) -> BinBuild {
+        let own = std::env::current_exe()
+            .ok()
+            .and_then(|exe| cargo_output_of(&exe))
+            .filter(|_| same_dir(workspace, &default_workspace()));
+        let (target_dir, profile) = own.unwrap_or_else(|| {
+            let target = match std::env::var_os("CARGO_TARGET_DIR") {
+                Some(dir) => PathBuf::from(dir),
+                None => workspace.join("target"),
+            };
+            (target, "dev".to_string())
+        });
+        // A debug harness (`cargo run`, the trials) still builds optimised nodes by default:
+        // the dev profile leaves the dependencies unoptimised, and what that costs the nodes
+        // (the agent's idle CPU at 25 nodes, SSH crypto, the proxy's throughput) is not measured
+        // yet. `CLUSTERLAB_NODE_PROFILE=dev` shares the harness's compiled dependencies instead.
+        let profile = if matches!(profile.as_str(), "dev" | "test") {
+            BIN_PROFILE.to_string()
+        } else {
+            profile
+        };
+        let profile = std::env::var(NODE_PROFILE_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(profile);
+        BinBuild {
+            target_dir,
+            profile,
+        }
+    }
+
+    /// The folder cargo puts this profile's binaries in.
+    pub fn out_dir(&self) -> PathBuf {
+        let dir = match self.profile.as_str() {
+            "dev" | "test" => "debug",
+            "bench" => "release",
+            other => other,
+        };
+        self.target_dir.join(dir)
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// The cargo target dir and profile of an executable cargo built: `<target>/<profile dir>/NAME`
+/// or, for a test, `<target>/<profile dir>/deps/NAME`, where `<target>` holds cargo's
+/// CACHEDIR.TAG. `debug` is the `dev` profile.
+pub fn cargo_output_of(exe: &Path) -> Option<(PathBuf, String)> {
+    let mut dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir = dir.parent()?;
+    }
+    let profile_dir = dir.file_name()?.to_str()?;
+    let target = dir.parent()?;
+    if !target.join("CACHEDIR.TAG").is_file() {
+        return None;
+    }
+    let profile = match profile_dir {
+        "debug" => "dev",
+        other => other,
     };
+    Some((target.to_path_buf(), profile.to_string()))
+}
+
+/// Builds the workspace binaries for the image (see [`BinBuild::for_workspace`]) and returns
+/// the folder of their stripped copies.
+pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
+    let build = BinBuild::for_workspace(workspace);
+    let step = Step::start(format!(
+        "building {NODE_EXE} ({}) for the node image (cargo profile {}, {})",
+        NODE_BINARIES.join(", "),
+        build.profile,
+        build.target_dir.display()
+    ));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = tokio::process::Command::new(&cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--profile", BIN_PROFILE, "--bins"])
+        .args(["build", "--profile", &build.profile, "-p", NODE_EXE])
+        .args(["--bin", NODE_EXE])
         .arg("--target-dir")
-        .arg(&target_dir);
-    for b in NODE_BINARIES {
-        cmd.args(["-p", b]);
-    }
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .map_err(|source| HarnessError::Io {
-            what: format!("running {cargo} build"),
-            source,
-        })?;
-    if !status.success() {
-        return Err(HarnessError::CommandFailed {
-            command: format!("{cargo} build --profile {BIN_PROFILE} --bins"),
-            status: status.to_string(),
-            output: format!(
-                "(shown above; run `cargo build --profile {BIN_PROFILE} --bins` in {} to see it again)",
-                workspace.display()
-            ),
-        });
-    }
+        .arg(&build.target_dir);
+    let display = format!(
+        "{cargo} build --profile {} -p {NODE_EXE} --bin {NODE_EXE} (in {})",
+        build.profile,
+        workspace.display()
+    );
+    run_captured(&step, cmd, &display, 60).await?;
+    let stripped = strip_binaries(&build).await?;
     step.done();
-    Ok(target_dir.join(BIN_PROFILE))
+    Ok(stripped)
+}
+
+/// Copies the node executable without its symbol table and debug information (a node logs
+/// its errors; nobody runs a debugger in it) into `<target>/node-image-bin/<profile>/`, where
+/// the image's build context is read from, next to links named after its programs. Without a
+/// `strip` program (binutils) it is copied as it is.
+async fn strip_binaries(build: &BinBuild) -> Result<PathBuf> {
+    let dest = build.target_dir.join("node-image-bin").join(&build.profile);
+    let io = |what: String| move |source| HarnessError::Io { what, source };
+    std::fs::create_dir_all(&dest).map_err(io(format!("creating {}", dest.display())))?;
+    let src = build.out_dir().join(NODE_EXE);
+    let tmp = dest.join(format!(".{NODE_EXE}.{}", std::process::id()));
+    let stripped = which("strip")
+        && tokio::process::Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .stdin(Stdio::null())
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !stripped {
+        std::fs::copy(&src, &tmp).map_err(io(format!(
+            "copying {} to {}",
+            src.display(),
+            tmp.display()
+        )))?;
+    }
+    let exe = dest.join(NODE_EXE);
+    std::fs::rename(&tmp, &exe).map_err(io(format!(
+        "moving {} to {}",
+        tmp.display(),
+        exe.display()
+    )))?;
+    // The programs by name, as in the image (`harness bench proxy` runs `proxy` from here).
+    for b in NODE_BINARIES {
+        let link = dest.join(b);
+        if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(NODE_EXE)) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(NODE_EXE, &link)
+                .map_err(io(format!("linking {} to {NODE_EXE}", link.display())))?;
+        }
+    }
+    Ok(dest)
 }
 
 /// The node image's build context: Dockerfile, default config and binaries.
@@ -632,9 +821,12 @@ impl NodeContext {
                 0o644,
             ),
         ];
-        for b in NODE_BINARIES {
-            files.push((format!("bin/{b}"), read(bin_dir.join(b))?, 0o755));
-        }
+        // The links to it are made by the Dockerfile.
+        files.push((
+            format!("bin/{NODE_EXE}"),
+            read(bin_dir.join(NODE_EXE))?,
+            0o755,
+        ));
         Ok(NodeContext { files })
     }
 
@@ -680,15 +872,27 @@ pub async fn ensure_node(
     opts: &ImageOptions,
     base: &str,
 ) -> Result<String, HarnessError> {
+    opts.check_prefix()?;
     let bin_dir = build_binaries(&opts.workspace).await?;
-    let context = NodeContext::load(&opts.workspace, &bin_dir)?;
+    node_image(docker, opts, base, &bin_dir).await
+}
+
+/// The node image of the binaries in `bin_dir` on `base`, built if missing.
+async fn node_image(
+    docker: &Docker,
+    opts: &ImageOptions,
+    base: &str,
+    bin_dir: &Path,
+) -> Result<String, HarnessError> {
+    let node_repo = opts.node_repo();
+    let context = NodeContext::load(&opts.workspace, bin_dir)?;
     let base_id = ctx(
         format!("inspecting base image {base}"),
         docker.inspect_image(base).await,
     )?
     .id
     .unwrap_or_default();
-    let tag = format!("{NODE_REPO}:{}", context.hash(&base_id));
+    let tag = format!("{node_repo}:{}", context.hash(&base_id));
     if !opts.rebuild && image_exists(docker, &tag).await? {
         eprintln!("==> node image {tag} is up to date");
         return Ok(tag);
@@ -709,12 +913,12 @@ pub async fn ensure_node(
         .tag_image(
             &tag,
             Some(bollard::query_parameters::TagImageOptions {
-                repo: Some(NODE_REPO.into()),
+                repo: Some(node_repo.clone()),
                 tag: Some("latest".into()),
             }),
         )
         .await;
-    prune_node_images(docker, &tag, 3).await;
+    prune_node_images(docker, &node_repo, &tag, 3).await;
     Ok(tag)
 }
 
@@ -762,14 +966,15 @@ pub async fn build_on_base(
     Ok(())
 }
 
-/// Removes node images of older trees, keeping `current` and the `keep` newest others.
-/// Images still used by a container are left alone (Docker refuses to remove them).
-pub async fn prune_node_images(docker: &Docker, current: &str, keep: usize) {
+/// Removes node images (of repository `repo`) of older trees, keeping `current` and the
+/// `keep` newest others. Images still used by a container are left alone (Docker refuses to
+/// remove them).
+pub async fn prune_node_images(docker: &Docker, repo: &str, current: &str, keep: usize) {
     let Ok(mut list) = docker
         .list_images(Some(bollard::query_parameters::ListImagesOptions {
             filters: Some(HashMap::from([(
                 "reference".to_string(),
-                vec![format!("{NODE_REPO}:*")],
+                vec![format!("{repo}:*")],
             )])),
             ..Default::default()
         }))
@@ -899,6 +1104,71 @@ mod tests {
             Some("http://mirror.example/debian")
         );
         assert_eq!(parse_debian_mirror("deb https://x/ubuntu noble main"), None);
+    }
+
+    #[test]
+    fn image_prefixes_make_valid_repository_names() {
+        for good in ["clusterlab", "fr", "a.b_c-1", "9lab"] {
+            assert_eq!(check_image_prefix(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Lab",
+            "-lab",
+            "lab/x",
+            "lab:1",
+            "la b",
+            &"x".repeat(101),
+        ] {
+            assert!(check_image_prefix(bad).is_err(), "{bad:?} accepted");
+        }
+        let mut opts = ImageOptions::for_workspace(PathBuf::from("/w"));
+        opts.prefix = "fr".into();
+        assert_eq!(opts.base_repo(), "fr-base");
+        assert_eq!(opts.node_repo(), "fr-node");
+        opts.prefix = "Fr".into();
+        let err = opts.check_prefix().unwrap_err().to_string();
+        assert!(
+            err.contains("\"Fr\"") && err.contains(IMAGE_PREFIX_ENV),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn binaries_are_built_where_and_how_the_running_executable_was() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("target");
+        for d in ["debug/deps", "release", "node"] {
+            std::fs::create_dir_all(target.join(d)).unwrap();
+        }
+        // No CACHEDIR.TAG: not a cargo target dir.
+        assert_eq!(cargo_output_of(&target.join("debug/harness")), None);
+        std::fs::write(
+            target.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .unwrap();
+        let of = |p: &str| cargo_output_of(&target.join(p));
+        assert_eq!(of("debug/harness"), Some((target.clone(), "dev".into())));
+        assert_eq!(
+            of("debug/deps/cluster-0123abcd"),
+            Some((target.clone(), "dev".into()))
+        );
+        assert_eq!(
+            of("release/harness"),
+            Some((target.clone(), "release".into()))
+        );
+        assert_eq!(of("node/harness"), Some((target.clone(), "node".into())));
+        let b = BinBuild {
+            target_dir: target.clone(),
+            profile: "dev".into(),
+        };
+        assert_eq!(b.out_dir(), target.join("debug"));
+        let b = BinBuild {
+            target_dir: target.clone(),
+            profile: "node".into(),
+        };
+        assert_eq!(b.out_dir(), target.join("node"));
     }
 
     #[test]

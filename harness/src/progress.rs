@@ -1,8 +1,16 @@
 //! Progress for long steps: timed step lines on stderr ("==> building … done in 12.3 s"),
-//! and a spinner when stderr is a terminal.
+//! and a spinner when stderr is a terminal. Steps may run at the same time (the base image is
+//! made while cargo builds the node binaries): each has its own spinner line.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The spinners of every running step, drawn together on stderr.
+fn spinners() -> &'static MultiProgress {
+    static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+    MULTI.get_or_init(MultiProgress::new)
+}
 
 /// One long step. Finish it with [`Step::done`]; dropping it unfinished reports a failure.
 pub struct Step {
@@ -17,7 +25,7 @@ impl Step {
     pub fn start(what: impl Into<String>) -> Step {
         let what = what.into();
         let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let bar = ProgressBar::new_spinner();
+            let bar = spinners().add(ProgressBar::new_spinner());
             if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
                 bar.set_style(style);
             }
@@ -74,7 +82,8 @@ impl Step {
         match self.bar.take() {
             Some(bar) => {
                 bar.finish_and_clear();
-                eprintln!("{line}");
+                spinners().remove(&bar);
+                spinners().suspend(|| eprintln!("{line}"));
             }
             None => eprintln!("{line}"),
         }

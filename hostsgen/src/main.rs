@@ -64,8 +64,9 @@ Example output:
   10.77.0.11 host2 node1
   # END clusterlab"#;
 
+// pub(crate): also the `hostsgen` of the multi-call node binary (node/src/main.rs).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub(crate) async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     clusterlab_core::init_tracing();
     let config = args.config.as_deref();

@@ -66,7 +66,8 @@ struct Args {
     relay_to: Option<SocketAddr>,
 }
 
-fn main() -> anyhow::Result<()> {
+// pub(crate): also the `proxy` of the multi-call node binary (node/src/main.rs).
+pub(crate) fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     clusterlab_core::init_tracing();
     anyhow::ensure!(

@@ -66,8 +66,9 @@ enum Cmd {
     },
 }
 
+// pub(crate): also the `sshkeys` of the multi-call node binary (node/src/main.rs).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub(crate) async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     clusterlab_core::init_plugin_tracing();
     let config = clusterlab_core::config::Config::load(args.config.as_deref())?;

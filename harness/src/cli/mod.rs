@@ -104,6 +104,10 @@ pub struct ImagesArgs {
     /// The clusterlab source tree (default: the one this harness was built from).
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// Prefix of the image names: PREFIX-base:<suite>, PREFIX-node:<hash> (e.g. to time a
+    /// first run without touching the images in use).
+    #[arg(long, env = crate::images::IMAGE_PREFIX_ENV, default_value = crate::images::DEFAULT_IMAGE_PREFIX)]
+    pub image_prefix: String,
 }
 
 impl ImagesArgs {
@@ -119,6 +123,7 @@ impl ImagesArgs {
             o.suite = s.clone();
         }
         o.mirror = self.mirror.clone();
+        o.prefix = self.image_prefix.clone();
         o
     }
 }

@@ -1,0 +1,1 @@
+//! Build glue only, no code: see this crate's Cargo.toml.

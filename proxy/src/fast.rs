@@ -146,21 +146,11 @@ fn trim(v: &[u8]) -> &[u8] {
     v.trim_ascii()
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded either way.
+/// Hop-by-hop fields (RFC 9110 §7.6.1, the hyper path's list), never forwarded either way.
 fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    crate::forward::HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// What `HeaderValue::to_str` accepts: visible ASCII and tabs.

@@ -39,7 +39,7 @@ pub const STATUS_PATH: &str = "/__proxy/status";
 pub const UPSTREAM_HEADER: &str = "x-clusterlab-upstream";
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",

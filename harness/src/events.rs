@@ -19,7 +19,7 @@
 use crate::cluster::Cluster;
 use crate::docker::HarnessError;
 use crate::names::ClusterNames;
-use crate::oracle::Role;
+use crate::oracle::{MemberStatus, Role};
 use bollard::query_parameters::EventsOptions;
 use clusterlab_core::schema::{self, Peer};
 use etcd_client::{EventType, WatchOptions};
@@ -642,15 +642,14 @@ const RAFT_READ_TIMEOUT: Duration = Duration::from_millis(700);
 /// member that hangs (a killed leader whose address no longer answers) delays nobody else's
 /// answer; the term and leader are recomputed from the fresh answers at each one.
 async fn raft_source(c: Cluster, mut last: Option<(u64, Option<String>)>, tx: mpsc::Sender<Event>) {
-    let (ptx, mut prx) = mpsc::channel::<(usize, Option<crate::oracle::MemberStatus>)>(64);
+    let (ptx, mut prx) = mpsc::channel::<(usize, Option<MemberStatus>)>(64);
     let mut pollers = tokio::task::JoinSet::new();
     for i in (0..c.spec.nodes).filter(|&i| c.spec.is_voter(i)) {
         let endpoint = format!("http://{}:2379", c.spec.node_ip(i));
         pollers.spawn(poll_member(endpoint, i, ptx.clone()));
     }
     drop(ptx);
-    let mut fresh: BTreeMap<usize, (tokio::time::Instant, crate::oracle::MemberStatus)> =
-        BTreeMap::new();
+    let mut fresh: BTreeMap<usize, (tokio::time::Instant, MemberStatus)> = BTreeMap::new();
     let mut tick = tokio::time::interval(RAFT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -690,10 +689,10 @@ async fn raft_source(c: Cluster, mut last: Option<(u64, Option<String>)>, tx: mp
 /// The highest term among the members' answers and the leader they give (by
 /// [`crate::oracle::raft_leader`]); None when no member answered.
 fn raft_of_members(
-    fresh: &BTreeMap<usize, (tokio::time::Instant, crate::oracle::MemberStatus)>,
+    fresh: &BTreeMap<usize, (tokio::time::Instant, MemberStatus)>,
 ) -> Option<(u64, Option<String>)> {
     let term = fresh.values().map(|(_, s)| s.term).max()?;
-    let probes: Vec<(String, Result<crate::oracle::MemberStatus, String>)> = fresh
+    let probes: Vec<(String, Result<MemberStatus, String>)> = fresh
         .iter()
         .map(|(i, (_, s))| (ClusterNames::node_name(*i), Ok(*s)))
         .collect();
@@ -703,11 +702,7 @@ fn raft_of_members(
 
 /// Reads one member's Status every [`RAFT_POLL`] over one kept connection (made again after a
 /// failure) and sends each answer, or None for a failed read, until the receiver is gone.
-async fn poll_member(
-    endpoint: String,
-    i: usize,
-    tx: mpsc::Sender<(usize, Option<crate::oracle::MemberStatus>)>,
-) {
+async fn poll_member(endpoint: String, i: usize, tx: mpsc::Sender<(usize, Option<MemberStatus>)>) {
     let mut tick = tokio::time::interval(RAFT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<etcd_client::Client> = None;
@@ -719,7 +714,7 @@ async fn poll_member(
                 None => client.insert(clusterlab_core::etcd::connect(&endpoint).await.ok()?),
             };
             let st = cl.status().await.ok()?;
-            Some(crate::oracle::MemberStatus {
+            Some(MemberStatus {
                 member_id: st.header()?.member_id(),
                 leader_id: st.leader(),
                 term: st.raft_term(),
@@ -794,7 +789,7 @@ mod tests {
 
     #[test]
     fn raft_changes_come_from_the_fresh_answers() {
-        use crate::oracle::MemberStatus;
+        use MemberStatus;
         let at = tokio::time::Instant::now();
         let st = |member_id, leader_id, term| {
             (

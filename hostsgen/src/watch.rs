@@ -13,12 +13,14 @@
 //! by hand (or the file emptied) is put back from the last good table. It wakes on file
 //! events (inotify, through the `notify` crate) and, in case events are lost or cannot be
 //! had, checks every [`REPAIR_POLL`]; a check reads the file and writes only if it differs.
-//! Only `/etc/hosts` is repaired this way: the shared copy is written only from etcd's
-//! current view, so a node cut off from etcd never puts an old table back over a newer
-//! leader's.
+//! The shared copy is written by the node the leader key names, and only from a view that a
+//! fresh linearizable read shows to be current: a node that was cut off and is replaying the
+//! changes it missed sees itself as leader in the old states it passes through, and must not
+//! put that old table over the new leader's. The leader also checks the shared copy every
+//! [`SHARED_RECHECK`] and puts its table back (after the same confirmation) when it differs.
 
-use crate::render::{render_table, table, Table};
-use crate::write::{update_hosts_file, write_shared};
+use crate::render::{render_table, table};
+use crate::write::{shared_holds, update_hosts_file, write_shared};
 use clusterlab_core::schema::{self, ClusterView, Peer, RawKv, RejectLog, Rejected};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use std::collections::BTreeMap;
@@ -41,6 +43,9 @@ pub const REPAIR_POLL: Duration = Duration::from_secs(30);
 /// After a file event, how long to wait for more before checking: an edit is often several
 /// writes, and the check should see the result, not the middle.
 pub const REPAIR_SETTLE: Duration = Duration::from_millis(200);
+/// How often the leader checks that the shared copy still holds its table (one read of a
+/// small file; etcd is read only when the file differs).
+pub const SHARED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Why reading or watching etcd failed; every variant ends a session, none is fatal.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +154,19 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Whether `other` holds the same keys, each at the same revision: then a view built from
+    /// `self` is the view `other` gives.
+    pub fn same_keys(&self, other: &Snapshot) -> bool {
+        self.kvs.len() == other.kvs.len()
+            && self
+                .kvs
+                .iter()
+                .zip(&other.kvs)
+                .all(|((k, v), (ok, ov))| k == ok && v.mod_revision == ov.mod_revision)
+    }
+}
+
 /// Reads the whole prefix (linearizable).
 pub async fn read_snapshot(client: &mut Client) -> Result<Snapshot, EtcdError> {
     let resp = timed(
@@ -182,10 +200,16 @@ struct Output {
     warned_empty: bool,
     /// The last error of a repair, said once until it changes.
     last_repair_error: Option<String>,
+    /// The block of the last table in which this node leads: what the shared copy should
+    /// hold (`None` while another node leads).
+    shared: Option<String>,
 }
 
 impl Output {
-    fn publish(&mut self, snap: &Snapshot) {
+    /// Renders `snap` and writes the hosts file. Returns the block for the shared copy when
+    /// this node is the leader in `snap` (written by [`share`] once `snap` is confirmed
+    /// current).
+    fn publish(&mut self, snap: &Snapshot) -> Option<String> {
         let (mut view, rejected) = snap.view(&self.settings.peers);
         let leader_refused = rejected.iter().any(|r| r.error.key() == schema::LEADER_KEY);
         if leader_refused {
@@ -211,15 +235,35 @@ impl Output {
                 );
                 self.warned_empty = true;
             }
-            return;
+            self.shared = None;
+            return None;
         }
         self.warned_empty = false;
         let block = render_table(&t);
         if self.last_block.as_deref() != Some(block.as_str()) {
             tracing::info!(revision = snap.revision, table = %t.summary(), "hosts table");
         }
-        self.write(&t, &block);
+        // Small local file: writing it inline costs microseconds, so no blocking pool.
+        let s = &self.settings;
+        match update_hosts_file(&s.hosts_file, &block) {
+            Ok(true) => tracing::info!(file = %s.hosts_file.display(), "updated"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot update the hosts file"),
+        }
+        let leading = t.leader.as_deref() == Some(s.node.as_str());
+        self.shared = leading.then(|| block.clone());
         self.last_block = Some(block);
+        self.shared.clone()
+    }
+
+    /// The block the shared copy should hold when this node leads and the copy holds
+    /// something else (or cannot be read).
+    fn shared_differs(&self) -> Option<String> {
+        let block = self.shared.as_ref()?;
+        match shared_holds(&self.settings.shared_hosts, block) {
+            Ok(true) => None,
+            _ => Some(block.clone()),
+        }
     }
 
     /// Puts the last published block back into the hosts file if the file no longer holds
@@ -247,23 +291,38 @@ impl Output {
             }
         }
     }
+}
 
-    // Small local files: writing them inline costs microseconds, so no blocking pool.
-    fn write(&self, t: &Table, block: &str) {
-        let s = &self.settings;
-        match update_hosts_file(&s.hosts_file, block) {
-            Ok(true) => tracing::info!(file = %s.hosts_file.display(), "updated"),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "cannot update the hosts file"),
-        }
-        if t.leader.as_deref() == Some(s.node.as_str()) {
-            match write_shared(&s.shared_hosts, block, &s.node) {
-                Ok(true) => tracing::info!(file = %s.shared_hosts.display(), "updated"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "cannot update the shared hosts file"),
-            }
-        }
+/// Writes `block` as the shared copy if the copy holds something else and a linearizable read
+/// of the prefix shows that `snap`, the view it came from, is still etcd's current state. A
+/// node that is behind (replaying what it missed while cut off) reads newer keys and writes
+/// nothing; the watch brings it the newer state. Errors of the read end the session like any
+/// other etcd error.
+async fn share(
+    client: &mut Client,
+    settings: &Settings,
+    snap: &Snapshot,
+    block: &str,
+) -> Result<(), EtcdError> {
+    if matches!(shared_holds(&settings.shared_hosts, block), Ok(true)) {
+        return Ok(());
     }
+    let fresh = read_snapshot(client).await?;
+    if !fresh.same_keys(snap) {
+        tracing::debug!(
+            seen = snap.revision,
+            current = fresh.revision,
+            "the view is behind etcd; not writing the shared copy from it"
+        );
+        return Ok(());
+    }
+    let path = &settings.shared_hosts;
+    match write_shared(path, block, &settings.node) {
+        Ok(true) => tracing::info!(file = %path.display(), "updated"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "cannot update the shared hosts file"),
+    }
+    Ok(())
 }
 
 /// When etcd stopped answering, and when that was last logged.
@@ -291,8 +350,11 @@ async fn session(
             "etcd is answering again; catching up"
         );
     }
-    lock(out).publish(&snap);
+    let wanted = lock(out).publish(&snap);
     *synced = true;
+    if let Some(block) = wanted {
+        share(&mut client, settings, &snap, &block).await?;
+    }
     let opts = WatchOptions::new()
         .with_prefix()
         .with_start_revision(snap.revision + 1);
@@ -302,10 +364,22 @@ async fn session(
     )
     .await?;
     tracing::debug!(revision = snap.revision, "watching /clusterlab/");
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + SHARED_RECHECK, SHARED_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let resp = stream
-            .message()
-            .await
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = recheck.tick() => {
+                let differs = lock(out).shared_differs();
+                if let Some(block) = differs {
+                    tracing::info!(file = %settings.shared_hosts.display(), "the shared copy does not hold this leader's table");
+                    share(&mut client, settings, &snap, &block).await?;
+                }
+                continue;
+            }
+        };
+        let resp = message
             .map_err(|source| EtcdError::Request {
                 what: "watching /clusterlab/",
                 source,
@@ -336,7 +410,10 @@ async fn session(
         if let Some(h) = resp.header() {
             snap.revision = h.revision();
         }
-        lock(out).publish(&snap);
+        let wanted = lock(out).publish(&snap);
+        if let Some(block) = wanted {
+            share(&mut client, settings, &snap, &block).await?;
+        }
     }
 }
 
@@ -358,6 +435,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) {
         last_leader: None,
         warned_empty: false,
         last_repair_error: None,
+        shared: None,
     }));
     let guard = guard_hosts_file(out.clone(), settings.hosts_file.clone(), REPAIR_POLL);
     tokio::pin!(guard);
@@ -549,11 +627,12 @@ mod tests {
             last_leader: None,
             warned_empty: false,
             last_repair_error: None,
+            shared: None,
         }
     }
 
     #[test]
-    fn publish_writes_hosts_and_shared_copy_only_on_the_leader() {
+    fn publish_writes_the_hosts_file_and_asks_for_the_shared_copy_only_on_the_leader() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("etc-hosts"), "127.0.0.1 localhost\n").unwrap();
         let mut snap = Snapshot::default();
@@ -579,11 +658,49 @@ mod tests {
         );
         assert!(!dir.path().join("shared-hosts").exists());
 
+        assert_eq!(follower.shared_differs(), None);
+
+        // The leader is handed the block for the shared copy; publish itself never writes
+        // it (that waits for the view to be confirmed current).
         let mut leader = output(dir.path(), "node1");
-        leader.publish(&snap);
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("shared-hosts")).unwrap(),
-            block
+        assert_eq!(leader.publish(&snap).as_deref(), Some(block));
+        assert!(!dir.path().join("shared-hosts").exists());
+        assert_eq!(leader.shared_differs().as_deref(), Some(block));
+        std::fs::write(dir.path().join("shared-hosts"), block).unwrap();
+        assert_eq!(leader.shared_differs(), None);
+        std::fs::write(dir.path().join("shared-hosts"), "10.6.6.6 host0 evil\n").unwrap();
+        assert_eq!(leader.shared_differs().as_deref(), Some(block));
+
+        // Once another node leads, this one no longer wants the shared copy.
+        snap.kvs.insert(
+            schema::LEADER_KEY.into(),
+            leased(
+                br#"{"name":"node0","ip":"10.0.0.10","member_id":"1"}"#.to_vec(),
+                7,
+            ),
+        );
+        assert_eq!(leader.publish(&snap), None);
+        assert_eq!(leader.shared_differs(), None);
+    }
+
+    #[test]
+    fn a_view_is_current_only_with_the_same_keys_at_the_same_revisions() {
+        let mut a = leader_snapshot();
+        a.revision = 5;
+        let mut b = a.clone();
+        b.revision = 9; // writes elsewhere move the revision, not the view
+        assert!(a.same_keys(&b));
+        b.kvs
+            .get_mut(&schema::node_key("node0"))
+            .unwrap()
+            .mod_revision = 8;
+        assert!(!a.same_keys(&b), "a key rewritten since");
+        let mut c = a.clone();
+        c.kvs
+            .insert(schema::LEADER_KEY.into(), node("node0", "10.0.0.10"));
+        assert!(
+            !a.same_keys(&c) && !c.same_keys(&a),
+            "a key added or deleted since"
         );
     }
 

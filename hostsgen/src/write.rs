@@ -138,7 +138,7 @@ fn create_temp_named(
 /// neither does anything no hostsgen wrote (a symlink, FIFO, device, an oversized or
 /// non-UTF-8 file): it is refused unread or read only up to the limit, and the rename
 /// replaces the entry without opening it.
-fn shared_holds(path: &Path, block: &str) -> Result<bool, WriteError> {
+pub fn shared_holds(path: &Path, block: &str) -> Result<bool, WriteError> {
     use clusterlab_core::fsread::{read_small_file, MAX_HOSTS_FILE_BYTES};
     match read_small_file(path, MAX_HOSTS_FILE_BYTES) {
         Ok(text) => Ok(text == block),

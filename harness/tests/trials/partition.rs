@@ -9,7 +9,7 @@ use super::common::{except, member_statuses};
 use anyhow::{ensure, Context};
 use harness::faults;
 use harness::oracle::{block_of, describe_block as describe, unanimous_leader, NoLeader, Role};
-use harness::probe::hosts::{read_hosts, wait_full_table};
+use harness::probe::hosts::{expected_block, read_file, read_hosts, wait_full_table};
 use harness::trial::{cluster_trial, Environment};
 use harness::{wait_for, Cluster, ClusterStatus, ExecOutput};
 use libtest_mimic::Trial;
@@ -39,6 +39,13 @@ pub fn trials(env: &Environment) -> Vec<Trial> {
             3,
             |_| {},
             Arc::new(|c| Box::pin(partition_follower(c))),
+        ),
+        cluster_trial(
+            env,
+            "partition_leader_shared_copy",
+            3,
+            |_| {},
+            Arc::new(|c| Box::pin(partition_leader_shared_copy(c))),
         ),
     ]
 }
@@ -527,6 +534,123 @@ async fn partition_follower(c: Cluster) -> anyhow::Result<()> {
         } else {
             format!("was {leader} at {term0}: the rejoining follower's higher term forced an election")
         }
+    );
+    Ok(())
+}
+
+/// Unix milliseconds now, to compare with the nodes' log times.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The times (Unix ms) at which `node`'s hostsgen logged writing the shared copy.
+async fn shared_writes(c: &Cluster, node: &str) -> anyhow::Result<Vec<u64>> {
+    let container = c.container_name(node)?;
+    let log = c.objects.logs_tail(&container, 3000).await;
+    Ok(log
+        .lines()
+        .filter(|l| l.contains("hostsgen::watch: updated") && l.contains("file=/shared/hosts"))
+        .filter_map(|l| harness::bench::hosts::unix_ms(l.split_whitespace().next()?))
+        .collect())
+}
+
+/// The leader cut off and let back in quickly, while its hostsgen's watch is still open:
+/// once back, its member replays the changes it missed, passing through states in which
+/// the leader key still names it. None of them may reach /shared/hosts: from the cut on,
+/// the old leader never writes the shared copy, and once it is back the shared copy holds the
+/// new leader's table and keeps holding it.
+async fn partition_leader_shared_copy(c: Cluster) -> anyhow::Result<()> {
+    let all = c.node_names();
+    let (old, _) = wait_full_table(&c, &all, &all, "a settled hosts table", SETTLE).await?;
+    let rest = except(&all, &[&old]);
+    let cut_ms = unix_ms_now();
+    faults::partition(&c, &[vec![old.clone()], rest.clone()]).await?;
+    let (new, _) = wait_full_table(
+        &c,
+        &rest,
+        &rest,
+        "the majority's table without the cut-off leader",
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(new != old, "{old} still leads after being cut off");
+    let majority_block = expected_block(&c, Some(&new), &rest)?;
+    let (_, _) = wait_for(
+        "the shared copy to hold the majority's table",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            let text = read_file(&c, &new, "/shared/hosts")
+                .await
+                .map_err(|e| e.to_string())?;
+            let block = block_of(&text);
+            if block.as_deref() == Some(majority_block.as_str()) {
+                Ok(())
+            } else {
+                Err(describe(block.as_deref()))
+            }
+        },
+    )
+    .await?;
+    // Heal at once: the old leader's watch has not been cancelled yet (etcd does so only
+    // after several election timeouts without a leader), so it replays what it missed.
+    faults::heal(&c).await?;
+    let healed = Instant::now();
+    let (leader, _) = wait_full_table(
+        &c,
+        &all,
+        &all,
+        "every node's table with the old leader back",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let full_block = expected_block(&c, Some(&leader), &all)?;
+    // The shared copy must hold the full table and keep it for a while (a late write of an
+    // old table by the replaying node would show here).
+    let hold = Duration::from_secs(6);
+    let until = Instant::now() + hold;
+    let mut right_since: Option<Instant> = None;
+    let mut last = String::new();
+    while Instant::now() < until || right_since.is_none() {
+        ensure!(
+            healed.elapsed() < Duration::from_secs(40),
+            "the shared copy never held the full table {} after the heal; last {last}",
+            describe(Some(&full_block))
+        );
+        let text = read_file(&c, &leader, "/shared/hosts").await?;
+        let block = block_of(&text);
+        if block.as_deref() == Some(full_block.as_str()) {
+            right_since.get_or_insert_with(Instant::now);
+        } else {
+            ensure!(
+                right_since.is_none(),
+                "the shared copy held the full table, then {} ({:.2} s after the heal)",
+                describe(block.as_deref()),
+                healed.elapsed().as_secs_f64()
+            );
+            last = describe(block.as_deref());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let late: Vec<u64> = shared_writes(&c, &old)
+        .await?
+        .into_iter()
+        .filter(|t| *t >= cut_ms)
+        .collect();
+    ensure!(
+        late.is_empty(),
+        "{old} wrote /shared/hosts {} time(s) after it was cut off (first {} ms after the cut), \
+         although {new} led from then on",
+        late.len(),
+        late[0].saturating_sub(cut_ms)
+    );
+    println!(
+        "{old} cut off, {new} led, healed after the shared copy moved; the copy held the full \
+         table for {:.1} s and {old} never wrote it",
+        hold.as_secs_f64()
     );
     Ok(())
 }

@@ -611,6 +611,30 @@ mod tests {
     }
 
     #[test]
+    fn measured_seconds_read_back_exactly() {
+        // Figures are elapsed times in seconds; without serde_json's exact float parsing
+        // about one in eight such values read back one unit in the last place off (this
+        // one among them), and a report.json would then differ from the report it holds.
+        let mut r = sample();
+        let awkward = 3843.4616876470004_f64;
+        r.scenarios[0].seconds = awkward;
+        r.scenarios[0]
+            .figures
+            .insert("hosts_correct_s".into(), awkward / 1000.0);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x % 10_000_000) as f64 / 1000.0 * 1.000_123;
+            r.scenarios[1].figures.insert(format!("f{i}"), v);
+        }
+        let back: GradeReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.scenarios[0].seconds.to_bits(), awkward.to_bits());
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn summary_names_each_scenario_and_the_failed_checks() {
         let t = summary_table(&sample());
         assert!(t.contains("startup         passed"), "{t}");

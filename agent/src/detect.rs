@@ -15,8 +15,10 @@
 //!   probing: the node key goes, every watcher drops the node.
 //!
 //! No leader (quorum loss), no decision: the lease TTL stays the fallback. A node removed while
-//! alive notices the deletion of its own key by watch ([`watch_own_key`]), logs a
-//! "false removal" and re-registers at once on a new lease.
+//! alive notices the deletion of its own key by watch ([`watch_own_key`]) and re-registers at
+//! once on a new lease. It logs a "false removal" unless it saw itself cut off from the
+//! quorum shortly before ([`Removal`]): a node behind a partition is rightly removed, and
+//! learns of it only when the partition heals.
 //!
 //! Everything read from the network is bounded: peer names in requests must be configured
 //! peers (never an address: no SSRF), answers are read up to [`MAX_ANSWER`] bytes, the node key
@@ -301,8 +303,10 @@ pub struct Counters {
     pub checks: AtomicU64,
     pub refuted: AtomicU64,
     pub removals: AtomicU64,
-    /// Times this node's own key was deleted while it ran.
+    /// Times this node's own key was deleted while it ran and could reach the quorum.
     pub false_removals: AtomicU64,
+    /// Times it was deleted while (or shortly after) this node was cut off from the quorum.
+    pub cut_off_removals: AtomicU64,
 }
 
 #[derive(Debug, Serialize)]
@@ -312,6 +316,7 @@ struct CountersView {
     refuted: u64,
     removals: u64,
     false_removals: u64,
+    cut_off_removals: u64,
 }
 
 impl Counters {
@@ -323,6 +328,7 @@ impl Counters {
             refuted: g(&self.refuted),
             removals: g(&self.removals),
             false_removals: g(&self.false_removals),
+            cut_off_removals: g(&self.cut_off_removals),
         }
     }
 }
@@ -815,14 +821,54 @@ async fn watch_once(
             if prev_lease.is_some_and(|l| l != lease) {
                 continue;
             }
-            counters.false_removals.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                key = %key,
-                lease = format!("{lease:x}"),
-                total = counters.false_removals.load(Ordering::Relaxed),
-                "false removal: this node's key was deleted while it runs; re-registering at once"
-            );
+            let cut_off_at = status.borrow().cut_off_at;
+            match Removal::classify(cut_off_at, std::time::Instant::now()) {
+                Removal::WhileCutOff { ago } => {
+                    counters.cut_off_removals.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        key = %key,
+                        lease = format!("{lease:x}"),
+                        cut_off_ms_ago = ago.as_millis() as u64,
+                        "removed while cut off from the quorum; re-registering at once"
+                    );
+                }
+                Removal::False => {
+                    counters.false_removals.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        key = %key,
+                        lease = format!("{lease:x}"),
+                        total = counters.false_removals.load(Ordering::Relaxed),
+                        "false removal: this node's key was deleted while it runs; re-registering at once"
+                    );
+                }
+            }
             let _ = lost.try_send(lease);
+        }
+    }
+}
+
+/// How long after this node last saw itself cut off from the quorum a deletion of its key
+/// still counts as a removal of a cut-off node. A partition's changes reach the node when it
+/// heals; the detector removes within seconds of the cut, so a minute covers any partition a
+/// trial or a student makes, while a node that could reach the quorum all along is never
+/// excused.
+pub const CUT_OFF_MEMORY: Duration = Duration::from_secs(60);
+
+/// Why this node's key was deleted while it ran, as far as the node can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// It saw itself cut off from the quorum `ago` before learning of the deletion: a
+    /// partition the detector rightly acted on.
+    WhileCutOff { ago: Duration },
+    /// It reached the quorum all along: a live node was removed.
+    False,
+}
+
+impl Removal {
+    pub fn classify(cut_off_at: Option<std::time::Instant>, now: std::time::Instant) -> Removal {
+        match cut_off_at.map(|t| now.saturating_duration_since(t)) {
+            Some(ago) if ago <= CUT_OFF_MEMORY => Removal::WhileCutOff { ago },
+            _ => Removal::False,
         }
     }
 }
@@ -830,6 +876,27 @@ async fn watch_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removal_is_false_unless_the_node_was_cut_off_shortly_before() {
+        let now = std::time::Instant::now() + Duration::from_secs(600);
+        assert_eq!(Removal::classify(None, now), Removal::False);
+        let ago = Duration::from_secs(7);
+        assert_eq!(
+            Removal::classify(Some(now - ago), now),
+            Removal::WhileCutOff { ago }
+        );
+        assert_eq!(
+            Removal::classify(Some(now - CUT_OFF_MEMORY), now),
+            Removal::WhileCutOff {
+                ago: CUT_OFF_MEMORY
+            }
+        );
+        assert_eq!(
+            Removal::classify(Some(now - CUT_OFF_MEMORY - Duration::from_millis(1)), now),
+            Removal::False
+        );
+    }
 
     fn peers(n: usize) -> Vec<Peer> {
         (0..n)

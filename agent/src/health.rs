@@ -162,6 +162,7 @@ mod tests {
             etcd_ok,
             last_error: (!etcd_ok).then(|| "deadline exceeded".into()),
             leader_confirmed_at: None,
+            cut_off_at: None,
         }
     }
 

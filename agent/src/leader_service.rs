@@ -268,6 +268,7 @@ mod tests {
             etcd_ok: true,
             last_error: None,
             leader_confirmed_at: confirmed_ago.map(|d| now - d),
+            cut_off_at: None,
         }
     }
 

@@ -45,6 +45,10 @@ pub struct NodeStatus {
     /// When this member last reported itself as leader (not serialized).
     #[serde(skip)]
     pub leader_confirmed_at: Option<Instant>,
+    /// When this node last saw itself cut off from etcd's quorum: its own member reporting no
+    /// raft leader, or (a node without a member) no voter answering (not serialized).
+    #[serde(skip)]
+    pub cut_off_at: Option<Instant>,
 }
 
 impl NodeStatus {
@@ -60,6 +64,7 @@ impl NodeStatus {
             etcd_ok: false,
             last_error: None,
             leader_confirmed_at: None,
+            cut_off_at: None,
         }
     }
 
@@ -431,6 +436,9 @@ fn record_status(status_tx: &watch::Sender<NodeStatus>, st: &StatusResponse, rol
         if role == Role::Leader {
             s.leader_confirmed_at = Some(Instant::now());
         }
+        if st.leader() == 0 {
+            s.cut_off_at = Some(Instant::now());
+        }
     });
 }
 
@@ -509,6 +517,11 @@ async fn maintain_keys(
                         status_tx.send_modify(|s| {
                             s.etcd_ok = false;
                             s.last_error = Some(e.to_string());
+                            // A voter's own member answers even when cut off (and then
+                            // reports no leader); a node without one asks the voters.
+                            if member_id.is_none() {
+                                s.cut_off_at = Some(Instant::now());
+                            }
                         });
                         continue;
                     }

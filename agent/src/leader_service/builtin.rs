@@ -551,6 +551,7 @@ mod tests {
             etcd_ok: true,
             last_error: None,
             leader_confirmed_at: None,
+            cut_off_at: None,
         }
     }
 

@@ -647,10 +647,24 @@ async fn partition_leader_shared_copy(c: Cluster) -> anyhow::Result<()> {
         late.len(),
         late[0].saturating_sub(cut_ms)
     );
+    // Its removal was rightful: it saw itself cut off, so it must not call it false.
+    let log = c.objects.logs_tail(&c.container_name(&old)?, 3000).await;
+    let false_removals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(harness::bench::hosts::FALSE_REMOVAL_LOG))
+        .collect();
+    ensure!(
+        false_removals.is_empty(),
+        "{old} was cut off, yet logged its removal as false:\n{}",
+        false_removals.join("\n")
+    );
     println!(
         "{old} cut off, {new} led, healed after the shared copy moved; the copy held the full \
-         table for {:.1} s and {old} never wrote it",
-        hold.as_secs_f64()
+         table for {:.1} s and {old} never wrote it; its removal logged as: {}",
+        hold.as_secs_f64(),
+        log.lines()
+            .find(|l| l.contains("removed while cut off"))
+            .unwrap_or("(no removal seen by the node)")
     );
     Ok(())
 }

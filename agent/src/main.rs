@@ -8,8 +8,8 @@ use std::path::PathBuf;
 /// node's etcd member is the raft leader, the leader key; serves the health API on :8008 and
 /// supervises the plugin processes listed in the configuration.
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+#[command(name = "agent", version)]
+pub(crate) struct Args {
     /// Configuration file (default: /etc/clusterlab/clusterlab.toml if it exists).
     /// CLUSTERLAB_* environment variables override it, e.g. CLUSTERLAB_LEASE_TTL_S=5.
     #[arg(long)]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 /// clusterlab hosts generator: renders the cluster's hosts block from etcd, leader = host0,
 /// followers host1, host2 … in ascending IP order, node names as aliases.
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+#[command(name = "hostsgen", version)]
+pub(crate) struct Args {
     /// Node configuration file (default: /etc/clusterlab/clusterlab.toml if it exists).
     /// CLUSTERLAB_* environment variables override it.
     #[arg(long, global = true)]

@@ -51,4 +51,18 @@ mod tests {
             assert_eq!(program(&format!("/x/{p}")), p);
         }
     }
+
+    #[test]
+    fn each_program_names_itself_in_help_and_version() {
+        use clap::CommandFactory;
+        let names = [
+            agent_main::Args::command().get_name().to_string(),
+            hostsgen_main::Args::command().get_name().to_string(),
+            sshkeys_main::Args::command().get_name().to_string(),
+            proxy_main::Args::command().get_name().to_string(),
+        ];
+        assert_eq!(names, PROGRAMS);
+        let version = agent_main::Args::command().render_version();
+        assert!(version.starts_with("agent "), "{version}");
+    }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 /// Reverse proxy that follows the clusterlab leader: requests go to the leader service of
 /// whichever node /clusterlab/leader names (or host0 of a hosts file), switching in place.
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+#[command(name = "proxy", version)]
+pub(crate) struct Args {
     /// etcd client URLs, comma separated; the leader key is watched through all of them.
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["follow_file", "relay_to"])]
     endpoints: Vec<String>,

@@ -9,8 +9,8 @@ use std::time::Duration;
 /// after checking it. The node's configuration comes from /etc/clusterlab/clusterlab.toml
 /// (or --config) and CLUSTERLAB_* environment variables, as for the agent.
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+#[command(name = "sshkeys", version)]
+pub(crate) struct Args {
     /// Configuration file (default: /etc/clusterlab/clusterlab.toml if it exists).
     #[arg(long, global = true)]
     config: Option<PathBuf>,

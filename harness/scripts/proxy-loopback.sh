@@ -14,7 +14,7 @@
 #
 # Usage: harness/scripts/proxy-loopback.sh [PROXY_BINARY]   (default target/node/proxy,
 #        built with `cargo build --profile node -p proxy --bin proxy`)
-# Environment: STEPS="bench callgrind strace", ROUNDS=3, SECS=4, CALLS=5000, WAYS="cl ng"
+# Environment: KEEP=1 keeps the work directory (callgrind output: cg-*.out), STEPS="bench callgrind strace", ROUNDS=3, SECS=4, CALLS=5000, WAYS="cl ng"
 #              (callgrind and strace: cl clusterlab, ng nginx),
 #              PORT_BASE=18080 (upstream +1, clusterlab +2, nginx proxy +3).
 set -euo pipefail
@@ -45,7 +45,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$DIR"
+    if [[ -n ${KEEP:-} ]]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
 }
 trap cleanup EXIT
 

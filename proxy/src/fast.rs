@@ -28,6 +28,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,6 +70,7 @@ pub(crate) async fn connection(
         upbuf: BytesMut::new(),
         req: Vec::new(),
         out: Vec::new(),
+        done_at: None,
     };
     if !conn.run(&mut client, &mut shutdown).await {
         return;
@@ -113,6 +115,9 @@ struct Conn {
     req: Vec<u8>,
     /// A response head (and the first body bytes) on its way to the client.
     out: Vec<u8>,
+    /// When the last response was done, if the clock was read then (for the next request's
+    /// header timeout).
+    done_at: Option<Instant>,
 }
 
 /// A request head the fast path takes.
@@ -138,19 +143,66 @@ enum Analysis {
 /// `from - 3`. Parsing only then keeps a client that sends its head a byte at a time from
 /// costing a parse of the whole head per byte.
 fn has_blank_line(buf: &[u8], from: usize) -> bool {
-    let tail = &buf[from.saturating_sub(3).min(buf.len())..];
-    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    // Most reads end with the head: that is one comparison.
+    if buf.ends_with(b"\n\n") || buf.ends_with(b"\n\r\n") {
+        return true;
+    }
+    let mut rest = &buf[from.saturating_sub(3).min(buf.len())..];
+    while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        rest = &rest[i + 1..];
+        if rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n") {
+            return true;
+        }
+    }
+    false
 }
 
 fn trim(v: &[u8]) -> &[u8] {
     v.trim_ascii()
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1, the hyper path's list), never forwarded either way.
-fn is_hop_by_hop(name: &str) -> bool {
-    crate::forward::HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+/// What a header field is to the fast path, told from its name once: the length picks the
+/// one or two names it can be, so most fields cost one comparison or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    /// The other hop-by-hop fields (RFC 9110 §7.6.1, the hyper path's list): `Keep-Alive`,
+    /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`.
+    HopByHop,
+    XForwardedFor,
+    XForwardedHost,
+    XForwardedProto,
+    /// [`crate::UPSTREAM_HEADER`]: set by the proxy, never taken from the upstream.
+    Upstream,
+}
+
+fn classify(name: &[u8]) -> Field {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        2 if is("te") => Field::HopByHop,
+        4 if is("host") => Field::Host,
+        6 if is("expect") => Field::Expect,
+        7 if is("upgrade") => Field::Upgrade,
+        7 if is("trailer") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        15 if is("x-forwarded-for") => Field::XForwardedFor,
+        16 if is("x-forwarded-host") => Field::XForwardedHost,
+        16 if is("proxy-connection") => Field::HopByHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        17 if is("x-forwarded-proto") => Field::XForwardedProto,
+        18 if is("proxy-authenticate") => Field::HopByHop,
+        19 if is("proxy-authorization") => Field::HopByHop,
+        21 if is(crate::UPSTREAM_HEADER) => Field::Upstream,
+        _ => Field::Other,
+    }
 }
 
 /// What `HeaderValue::to_str` accepts: visible ASCII and tabs.
@@ -158,12 +210,93 @@ fn is_visible_ascii(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
+/// A Content-Length value: digits only (surrounding blanks allowed), no overflow.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// Copies the header lines of a parsed head that are kept, as byte ranges of the head: a run
+/// of kept lines ending in CRLF goes in one copy, as it came. A line ending in a bare LF (which
+/// httparse accepts) is written out again with CRLF, so the upstream or client never sees one.
+struct LineCopier<'a> {
+    buf: &'a [u8],
+    /// Where the header lines end (the blank line's start).
+    end: usize,
+    run: Option<(usize, usize)>,
+}
+
+impl<'a> LineCopier<'a> {
+    /// `head_len` is the length of the head, blank line included.
+    fn new(buf: &'a [u8], head_len: usize) -> LineCopier<'a> {
+        let blank = if buf[..head_len].ends_with(b"\r\n\r\n") {
+            2
+        } else {
+            1
+        };
+        LineCopier {
+            buf,
+            end: head_len - blank,
+            run: None,
+        }
+    }
+
+    /// Where a slice of the head starts in it.
+    fn offset(&self, part: &[u8]) -> usize {
+        part.as_ptr() as usize - self.buf.as_ptr() as usize
+    }
+
+    /// Keeps header `i` of `headers` (parsed from this head).
+    fn keep(&mut self, headers: &[httparse::Header<'_>], i: usize, out: &mut Vec<u8>) {
+        let h = &headers[i];
+        let start = self.offset(h.name.as_bytes());
+        let end = match headers.get(i + 1) {
+            Some(next) => self.offset(next.name.as_bytes()),
+            None => self.end,
+        };
+        if self.buf[..end].ends_with(b"\r\n") {
+            match &mut self.run {
+                Some((_, run_end)) if *run_end == start => *run_end = end,
+                run => {
+                    if let Some((a, b)) = run.take() {
+                        out.extend_from_slice(&self.buf[a..b]);
+                    }
+                    *run = Some((start, end));
+                }
+            }
+        } else {
+            self.flush(out);
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some((a, b)) = self.run.take() {
+            out.extend_from_slice(&self.buf[a..b]);
+        }
+    }
+}
+
 /// Reads a request head from `buf`; when the fast path takes it, writes the request as it is
 /// to go upstream into `req` (hop-by-hop fields dropped, forwarding fields added).
 fn analyse(buf: &[u8], peer_ip: &str, req: &mut Vec<u8>) -> Analysis {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+    // Left uninitialised for httparse to fill: setting 64 empty fields first would cost
+    // more than most heads take to parse.
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Analysis::Partial,
         // Hyper answers malformed heads (400, 431) and speaks HTTP/2.
@@ -180,67 +313,74 @@ fn analyse(buf: &[u8], peer_ip: &str, req: &mut Vec<u8>) -> Analysis {
     if only_path == STATUS_PATH || only_path == crate::metrics::METRICS_PATH {
         return Analysis::Fallback;
     }
+    // One look at the whole head: each field's kind and what it says.
+    let fields = &*parsed.headers;
+    let mut kinds = [Field::Other; MAX_HEADERS];
     let mut host = None;
     let mut hosts = 0;
     let mut close = false;
     let mut xff = None;
     let mut named: [&[u8]; MAX_CONNECTION_NAMES] = [b""; MAX_CONNECTION_NAMES];
     let mut n_named = 0;
-    for h in parsed.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if trim(h.value) != b"0" {
-                return Analysis::Fallback;
+    for (h, kind) in fields.iter().zip(kinds.iter_mut()) {
+        *kind = classify(h.name.as_bytes());
+        match *kind {
+            Field::Other => continue,
+            Field::Host => {
+                hosts += 1;
+                host = Some(h.value);
+                continue;
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
-        {
-            return Analysis::Fallback;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(trim) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    if n_named == MAX_CONNECTION_NAMES {
-                        return Analysis::Fallback;
+            Field::ContentLength if trim(h.value) == b"0" => {}
+            Field::ContentLength | Field::TransferEncoding | Field::Expect | Field::Upgrade => {
+                return Analysis::Fallback
+            }
+            Field::Connection => {
+                for token in h.value.split(|&b| b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        if n_named == MAX_CONNECTION_NAMES {
+                            return Analysis::Fallback;
+                        }
+                        named[n_named] = token;
+                        n_named += 1;
                     }
-                    named[n_named] = token;
-                    n_named += 1;
                 }
             }
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
-            xff = Some(h.value);
+            Field::XForwardedFor if xff.is_none() => xff = Some(h.value),
+            _ => {}
         }
     }
     let (1, Some(host)) = (hosts, host) else {
         return Analysis::Fallback;
     };
+    // Fields the client's `Connection` names are hop-by-hop too.
     let named = &named[..n_named];
+    if !named.is_empty() {
+        for (h, kind) in fields.iter().zip(kinds.iter_mut()) {
+            if named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+            {
+                *kind = Field::HopByHop;
+            }
+        }
+    }
     req.clear();
     req.extend_from_slice(method.as_bytes());
     req.push(b' ');
     req.extend_from_slice(path.as_bytes());
     req.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in parsed.headers.iter() {
-        let name = h.name;
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-        {
-            continue;
+    if !fields.is_empty() {
+        let mut lines = LineCopier::new(buf, head_len);
+        // The forwarding fields are written anew below; every other kind is hop-by-hop.
+        for (i, kind) in kinds[..fields.len()].iter().enumerate() {
+            if matches!(kind, Field::Other | Field::Host | Field::ContentLength) {
+                lines.keep(fields, i, req);
+            }
         }
-        req.extend_from_slice(name.as_bytes());
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(h.value);
-        req.extend_from_slice(b"\r\n");
+        lines.flush(req);
     }
     req.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = xff.filter(|v| is_visible_ascii(v)) {
@@ -309,9 +449,13 @@ fn parse_response(
     upstream_name: Option<&hyper::header::HeaderValue>,
     out: &mut Vec<u8>,
 ) -> Result<Parsed, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_RESPONSE_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => {
@@ -336,39 +480,45 @@ fn parse_response(
     let mut length: Option<u64> = None;
     let mut named: [&[u8]; MAX_CONNECTION_NAMES] = [b""; MAX_CONNECTION_NAMES];
     let mut n_named = 0;
-    for h in parsed.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(trim) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    upstream_close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    if version == 0 {
-                        upstream_close = false;
+    // One look at the whole head: each field's kind and the framing; the copy below only
+    // reads the kinds back.
+    let fields = &*parsed.headers;
+    let mut kinds = [Field::Other; MAX_RESPONSE_HEADERS];
+    for (h, kind) in fields.iter().zip(kinds.iter_mut()) {
+        *kind = classify(h.name.as_bytes());
+        match *kind {
+            Field::Connection => {
+                for token in h.value.split(|&b| b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        upstream_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        if version == 0 {
+                            upstream_close = false;
+                        }
+                    } else if !token.is_empty() && n_named < MAX_CONNECTION_NAMES {
+                        named[n_named] = token;
+                        n_named += 1;
                     }
-                } else if !token.is_empty() && n_named < MAX_CONNECTION_NAMES {
-                    named[n_named] = token;
-                    n_named += 1;
                 }
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            has_te = true;
-            // The last coding decides (RFC 9112 §6.3).
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| trim(c).eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(trim(h.value))
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(HeadError::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::Malformed("conflicting Content-Length fields"));
+            Field::TransferEncoding => {
+                has_te = true;
+                // The last coding decides (RFC 9112 §6.3).
+                chunked = h
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| trim(c).eq_ignore_ascii_case(b"chunked"));
             }
-            length = Some(n);
+            Field::ContentLength => {
+                let n =
+                    parse_length(h.value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Malformed("conflicting Content-Length fields"));
+                }
+                length = Some(n);
+            }
+            _ => {}
         }
     }
     let framing = if head_request || code == 204 || code == 304 {
@@ -390,33 +540,40 @@ fn parse_response(
         reusable: !upstream_close && framing != Framing::Close,
         close_client: client_close || framing == Framing::Close,
     };
+    // Fields the upstream's `Connection` names are hop-by-hop too.
     let named = &named[..n_named];
+    if !named.is_empty() {
+        for (h, kind) in fields.iter().zip(kinds.iter_mut()) {
+            if *kind == Field::Other
+                && named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+            {
+                *kind = Field::HopByHop;
+            }
+        }
+    }
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa3(code).as_slice());
     out.push(b' ');
     out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in parsed.headers.iter() {
-        let name = h.name;
-        let keep = if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Passed through with the chunks, as they are.
-            framing == Framing::Chunked || framing == Framing::Close
-        } else if name.eq_ignore_ascii_case("content-length") {
-            !has_te
-        } else {
-            !is_hop_by_hop(name)
-                && !name.eq_ignore_ascii_case(crate::UPSTREAM_HEADER)
-                && !named
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-        };
-        if keep {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
+    if !fields.is_empty() {
+        let mut lines = LineCopier::new(buf, len);
+        for (i, kind) in kinds[..fields.len()].iter().enumerate() {
+            let keep = match kind {
+                // Passed through with the chunks, as they are.
+                Field::TransferEncoding => framing == Framing::Chunked || framing == Framing::Close,
+                Field::ContentLength => !has_te,
+                Field::Connection | Field::Upgrade | Field::HopByHop | Field::Upstream => false,
+                _ => true,
+            };
+            if keep {
+                lines.keep(fields, i, out);
+            }
         }
+        lines.flush(out);
     }
     if let Some(v) = upstream_name {
         out.extend_from_slice(crate::UPSTREAM_HEADER.as_bytes());
@@ -600,6 +757,12 @@ impl Conn {
         // wheel, where a new timer per request would be inserted and removed each time.
         let answer_by = tokio::time::sleep(self.proxy.settings().response_timeout);
         tokio::pin!(answer_by);
+        // Shutdown is waited for once per connection: a wait made anew for each request would
+        // join and leave the channel's list of waiters every time. `shutdown` itself is only
+        // asked whether it changed (one atomic load) after each response.
+        let mut stop_rx = shutdown.clone();
+        let stop = stopped(&mut stop_rx);
+        tokio::pin!(stop);
         loop {
             // A complete request head, within the header timeout.
             let mut scanned = 0;
@@ -632,17 +795,19 @@ impl Conn {
                         Ok(_) => {}
                     },
                     () = &mut head_by => return false,
-                    () = stopped(shutdown), if self.inbuf.is_empty() => return false,
+                    () = &mut stop, if self.inbuf.is_empty() => return false,
                 }
             };
             self.inbuf.advance(ready.head_len);
             Counters::bump(&self.proxy.tracker().counters.requests);
             if self.forward(client, ready, answer_by.as_mut()).await == Next::Close
-                || *shutdown.borrow()
+                || shutdown.has_changed().unwrap_or(true)
             {
                 return false;
             }
-            head_by.as_mut().reset(Instant::now() + header_timeout);
+            // The clock as read when the response was done (no second reading), else now.
+            let now = self.done_at.take().unwrap_or_else(Instant::now);
+            head_by.as_mut().reset(now + header_timeout);
         }
     }
 
@@ -657,7 +822,11 @@ impl Conn {
         let proxy = self.proxy.clone();
         let settings = *proxy.settings();
         let counters = &proxy.tracker().counters;
-        let deadline = Instant::now() + settings.hold;
+        // One clock reading serves the hold deadline, the pool's age check and, when the
+        // first attempt goes out at once on a pooled socket, the response deadline.
+        let start = Instant::now();
+        let deadline = start + settings.hold;
+        let mut sent_at = Some(start);
         // The last failure (None: no leader was ever seen) and which upstream it is about.
         let mut last: Option<String> = None;
         let mut last_addr: Option<SocketAddr> = None;
@@ -690,6 +859,7 @@ impl Conn {
         loop {
             let current = self.rx.borrow_and_update().clone();
             let Some(leader) = current else {
+                sent_at = None;
                 hold!();
                 if tokio::time::timeout_at(deadline, self.rx.changed())
                     .await
@@ -701,8 +871,12 @@ impl Conn {
             };
             let up = &leader.up;
             // A pooled socket needs no waiting and no timer.
-            let (mut upstream, reused) = match proxy.pool().take_raw(up.addr) {
-                Some(s) => (s, true),
+            let now = sent_at.take().unwrap_or_else(Instant::now);
+            let (mut upstream, reused) = match proxy.pool().take_raw(up.addr, now.into_std()) {
+                Some(s) => {
+                    sent_at = Some(now);
+                    (s, true)
+                }
                 None => {
                     let r = tokio::select! {
                         biased;
@@ -738,9 +912,8 @@ impl Conn {
             // meanwhile fails here or at the first read, with nothing carried out.
             let sent = upstream.write_all(&self.req).await;
             self.upbuf.clear();
-            answer_by
-                .as_mut()
-                .reset(Instant::now() + settings.response_timeout);
+            let from = sent_at.take().unwrap_or_else(Instant::now);
+            answer_by.as_mut().reset(from + settings.response_timeout);
             let result = match sent {
                 Err(e) => Err(HeadError::Io(e)),
                 Ok(()) => tokio::select! {
@@ -893,7 +1066,9 @@ impl Conn {
         // Bytes past the response would be read as the next one's: not reusable.
         reusable &= self.upbuf.is_empty();
         if reusable {
-            self.proxy.pool().put_raw(addr, upstream);
+            let now = Instant::now();
+            self.proxy.pool().put_raw(addr, upstream, now.into_std());
+            self.done_at = Some(now);
         }
         if resp.close_client {
             Next::Close
@@ -1062,6 +1237,18 @@ mod tests {
         }
         assert!(!has_blank_line(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
         assert!(has_blank_line(b"GET / HTTP/1.1\nHost: a\n\n", 10));
+        // A pipelined head after the blank line, a head still open, a lone CR at the end.
+        assert!(has_blank_line(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /n",
+            0
+        ));
+        assert!(has_blank_line(b"GET / HTTP/1.1\r\nHost: a\n\nGET /n", 20));
+        assert!(!has_blank_line(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nGET",
+            0
+        ));
+        assert!(!has_blank_line(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0));
+        assert!(!has_blank_line(b"", 0));
     }
 
     fn response(text: &str, head: bool, close: bool) -> (Result<Parsed, HeadError>, String) {
@@ -1169,6 +1356,117 @@ mod tests {
         ] {
             assert!(response(text, false, false).0.is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn fields_are_told_apart_by_name_in_any_case() {
+        for (name, kind) in [
+            ("Host", Field::Host),
+            ("HOST", Field::Host),
+            ("hosT", Field::Host),
+            ("Content-Length", Field::ContentLength),
+            ("transfer-encoding", Field::TransferEncoding),
+            ("Connection", Field::Connection),
+            ("Upgrade", Field::Upgrade),
+            ("Expect", Field::Expect),
+            ("TE", Field::HopByHop),
+            ("Trailer", Field::HopByHop),
+            ("Keep-Alive", Field::HopByHop),
+            ("Proxy-Connection", Field::HopByHop),
+            ("Proxy-Authenticate", Field::HopByHop),
+            ("Proxy-Authorization", Field::HopByHop),
+            ("X-Forwarded-For", Field::XForwardedFor),
+            ("x-forwarded-host", Field::XForwardedHost),
+            ("X-Forwarded-Proto", Field::XForwardedProto),
+            ("X-Clusterlab-Upstream", Field::Upstream),
+            // Same lengths as the names above, other names.
+            ("Hose", Field::Other),
+            ("Accept", Field::Other),
+            ("Referer", Field::Other),
+            ("User-Agent", Field::Other),
+            ("Content-Type", Field::Other),
+            ("Accept-Encoding", Field::Other),
+            ("Content-Location", Field::Other),
+            ("x-forwarded-hosts", Field::Other),
+            ("", Field::Other),
+        ] {
+            assert_eq!(classify(name.as_bytes()), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn content_lengths_are_digits_without_overflow() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 318 "), Some(318));
+        assert_eq!(parse_length(b"0005"), Some(5));
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"18446744073709551616",
+            b"99999999999999999999999",
+            b"+5",
+            b"-1",
+            b"5 5",
+            b"0x10",
+            b"1e3",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kept_lines_are_copied_as_they_came_and_bare_lfs_rewritten() {
+        // Spacing kept as sent; a line ending in a bare LF goes out with CRLF.
+        let text =
+            "GET / HTTP/1.1\r\nHost:gw\r\nAccept:  */*  \r\nKeep-Alive: 5\r\nX-A: 1\nX-B: 2\r\n\n";
+        let (a, req) = ready(text);
+        let Analysis::Ready(r) = a else {
+            panic!("not taken: {a:?}")
+        };
+        assert_eq!(r.head_len, text.len());
+        assert_eq!(
+            req,
+            "GET / HTTP/1.1\r\nHost:gw\r\nAccept:  */*  \r\nX-A: 1\r\nX-B: 2\r\n\
+             x-forwarded-for: 10.0.0.9\r\nx-forwarded-host: gw\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        assert!(!req.contains("\n\n") && !req.replace("\r\n", "").contains('\n'));
+
+        // The forwarding fields the client sent are replaced, wherever they are.
+        let (_, req) = ready(
+            "GET / HTTP/1.1\r\nX-Forwarded-Host: evil\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\
+             Content-Length: 0\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\r\n",
+        );
+        assert_eq!(
+            req,
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\
+             x-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-host: a\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_lines_are_copied_in_runs_and_named_fields_dropped() {
+        let text = "HTTP/1.1 200 OK\nServer: up\r\nx-a: 1\r\nKeep-Alive: timeout=5\r\nConnection: X-A, keep-alive\r\n\
+                    Content-Length:3\r\nDate: today\n\r\nabc";
+        let (r, out) = response(text, false, false);
+        let Parsed::Head(len, resp) = r.unwrap() else {
+            panic!()
+        };
+        assert_eq!(len, text.len() - 3);
+        assert_eq!(resp.framing, Framing::Length(3));
+        assert!(resp.reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length:3\r\nDate: today\r\n\
+             x-clusterlab-upstream: node1\r\n\r\n"
+        );
+        // No fields at all.
+        let (r, out) = response("HTTP/1.1 204 No Content\r\n\r\n", false, false);
+        assert!(matches!(r, Ok(Parsed::Head(27, _))));
+        assert_eq!(
+            out,
+            "HTTP/1.1 204 No Content\r\nx-clusterlab-upstream: node1\r\n\r\n"
+        );
     }
 
     #[test]

@@ -154,12 +154,24 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         let _ = stream.set_nodelay(true);
         let activity = limits::Activity::new();
         let io = limits::Watched::new(stream, activity.clone(), Some(slot));
+        // The watchdog runs in a task of its own, woken only by its own timer: raced in the
+        // connection's task, it would be polled again at every wake-up of every request. It
+        // ends the connection by aborting its task; the connection's end ends it.
+        let done = CancellationToken::new();
+        let guard = done.clone().drop_guard();
         let conn = fast::connection(proxy.clone(), io, peer, builder.clone(), stop_rx.clone());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            conn.await;
+        });
+        let abort = task.abort_handle();
         tokio::spawn(async move {
             tokio::select! {
-                () = conn => {}
+                biased;
+                () = done.cancelled() => {}
                 why = limits::watchdog(&activity, settings.header_timeout, settings.idle_timeout) => {
                     tracing::debug!(%peer, ?why, "closing a client connection");
+                    abort.abort();
                 }
             }
         });

@@ -40,11 +40,21 @@ pub enum ConnectError {
 type Idle = (http1::SendRequest<Body>, Instant);
 
 /// Idle connections by upstream address: hyper's (for the general path) and plain sockets
-/// (for the fast path of [`crate::fast`], which speaks HTTP/1.1 on them itself).
+/// (for the fast path of [`crate::fast`], which speaks HTTP/1.1 on them itself). The plain
+/// sockets are in a short list of upstreams, looked through in order: there is one upstream
+/// at a time (two for a moment after a switch), so a lookup is one address comparison, where
+/// a map would hash the address on every request.
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    raw: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    raw: Mutex<Vec<RawList>>,
+}
+
+/// The idle plain sockets to one upstream, most recent last.
+#[derive(Debug)]
+struct RawList {
+    addr: SocketAddr,
+    idle: Vec<(TcpStream, Instant)>,
 }
 
 impl Pool {
@@ -82,12 +92,13 @@ impl Pool {
         }
     }
 
-    /// A plain idle socket to `addr` that has not been closed by the upstream, if any.
-    pub fn take_raw(&self, addr: SocketAddr) -> Option<TcpStream> {
+    /// A plain idle socket to `addr` that has not been closed by the upstream, if any; `now`
+    /// is the caller's clock reading.
+    pub fn take_raw(&self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        let list = raw.get_mut(&addr)?;
+        let list = &mut raw.iter_mut().find(|l| l.addr == addr)?.idle;
         while let Some((s, since)) = list.pop() {
-            if since.elapsed() >= MAX_IDLE {
+            if now.duration_since(since) >= MAX_IDLE {
                 // The rest are older still.
                 list.clear();
                 return None;
@@ -104,12 +115,23 @@ impl Pool {
     }
 
     /// Lists a plain socket for reuse; it must be between responses, with nothing unread.
-    pub fn put_raw(&self, addr: SocketAddr, stream: TcpStream) {
+    /// `now` is the caller's clock reading.
+    pub fn put_raw(&self, addr: SocketAddr, stream: TcpStream, now: Instant) {
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        let list = raw.entry(addr).or_default();
+        let i = match raw.iter().position(|l| l.addr == addr) {
+            Some(i) => i,
+            None => {
+                raw.push(RawList {
+                    addr,
+                    idle: Vec::new(),
+                });
+                raw.len() - 1
+            }
+        };
+        let list = &mut raw[i].idle;
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             // Most recent last: `take_raw` pops the freshest.
-            list.push((stream, Instant::now()));
+            list.push((stream, now));
         }
     }
 
@@ -119,14 +141,14 @@ impl Pool {
         idle.retain(|addr, _| Some(*addr) == keep);
         drop(idle);
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        raw.retain(|addr, _| Some(*addr) == keep);
+        raw.retain(|l| Some(l.addr) == keep);
     }
 
     /// Number of idle connections (for tests).
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum::<usize>() + raw.values().map(Vec::len).sum::<usize>()
+        idle.values().map(Vec::len).sum::<usize>() + raw.iter().map(|l| l.idle.len()).sum::<usize>()
     }
 }
 

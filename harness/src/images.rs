@@ -33,10 +33,11 @@ pub const DEFAULT_IMAGE_PREFIX: &str = "clusterlab";
 /// images everybody else uses.
 pub const IMAGE_PREFIX_ENV: &str = "CLUSTERLAB_IMAGE_PREFIX";
 /// Environment variable naming the cargo profile of the node binaries (default: the profile
-/// the running harness was built in, so its compiled dependencies are reused, except that a
-/// debug harness builds them in [`BIN_PROFILE`]).
+/// the running harness was built in, so its compiled dependencies are reused; `node` gives a
+/// debug harness optimised nodes).
 pub const NODE_PROFILE_ENV: &str = "CLUSTERLAB_NODE_PROFILE";
-/// The node binaries' profile when the harness itself is a debug build: optimised.
+/// The optimised profile of the node binaries (Cargo.toml `[profile.node]`): what
+/// [`ImageOptions::optimised_nodes`] (the benchmarks of the proxy) builds them in.
 pub const BIN_PROFILE: &str = "node";
 /// The workspace programs of the node image: links (in `/usr/local/bin`) to [`NODE_EXE`].
 pub const NODE_BINARIES: [&str; 4] = ["agent", "hostsgen", "sshkeys", "proxy"];
@@ -74,6 +75,10 @@ pub struct ImageOptions {
     pub rebuild: bool,
     /// Prefix of the image repositories: `<prefix>-base:<suite>`, `<prefix>-node:<hash>`.
     pub prefix: String,
+    /// Build the node binaries in the optimised [`BIN_PROFILE`] whatever the harness was
+    /// built in and whatever [`NODE_PROFILE_ENV`] says (benchmarks measure optimised code);
+    /// otherwise they share the harness's profile (see [`BinBuild::for_workspace`]).
+    pub optimised_nodes: bool,
 }
 
 impl ImageOptions {
@@ -85,10 +90,21 @@ impl ImageOptions {
             suite: host_debian_suite().unwrap_or_else(|| "bookworm".into()),
             mirror: None,
             rebuild: false,
+            optimised_nodes: false,
             prefix: std::env::var(IMAGE_PREFIX_ENV)
                 .ok()
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| DEFAULT_IMAGE_PREFIX.into()),
+        }
+    }
+
+    /// Where and in which profile the node binaries are built for these options.
+    pub fn bin_build(&self) -> BinBuild {
+        let build = BinBuild::for_workspace(&self.workspace);
+        if self.optimised_nodes {
+            build.optimised()
+        } else {
+            build
         }
     }
 
@@ -212,8 +228,11 @@ pub async fn image_exists(docker: &Docker, name: &str) -> Result<bool> {
 /// made while cargo builds the node binaries (one is mostly network and disk, the other CPU).
 pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Images> {
     opts.check_prefix()?;
-    let (base, bin_dir) =
-        tokio::try_join!(ensure_base(docker, opts), build_binaries(&opts.workspace))?;
+    let build = opts.bin_build();
+    let (base, bin_dir) = tokio::try_join!(
+        ensure_base(docker, opts),
+        build_binaries(&opts.workspace, &build)
+    )?;
     let node = node_image(docker, opts, &base, &bin_dir).await?;
     Ok(Images { base, node })
 }
@@ -648,10 +667,11 @@ pub struct BinBuild {
 
 impl BinBuild {
     /// For the node image of `workspace`: the target dir and profile the running harness was
-    /// built in (so cargo reuses the dependencies it compiled for the harness: see
-    /// ARCHITECTURE.md "One compile"); `CLUSTERLAB_NODE_PROFILE` names another profile. A
-    /// harness that does not run from a cargo target dir of this workspace (installed
-    /// elsewhere, or given another `--workspace`) builds in that workspace's target dir.
+    /// built in, `dev` for `cargo run` and the trials (so cargo reuses the dependencies it
+    /// compiled for the harness: see ARCHITECTURE.md "One compile");
+    /// `CLUSTERLAB_NODE_PROFILE` names another profile (`node`: optimised). A harness that
+    /// does not run from a cargo target dir of this workspace (installed elsewhere, or given
+    /// another `--workspace`) builds in that workspace's target dir, in `dev`.
     pub fn for_workspace(workspace: &Path) -> BinBuild {
         let own = std::env::current_exe()
             .ok()
@@ -664,23 +684,24 @@ impl BinBuild {
             };
             (target, "dev".to_string())
         });
-        // A debug harness (`cargo run`, the trials) still builds optimised nodes by default:
-        // the dev profile leaves the dependencies unoptimised, and what that costs the nodes
-        // (the agent's idle CPU at 25 nodes, SSH crypto, the proxy's throughput) is not measured
-        // yet. `CLUSTERLAB_NODE_PROFILE=dev` shares the harness's compiled dependencies instead.
-        let profile = if matches!(profile.as_str(), "dev" | "test") {
-            BIN_PROFILE.to_string()
-        } else {
-            profile
-        };
-        let profile = std::env::var(NODE_PROFILE_ENV)
-            .ok()
-            .filter(|p| !p.is_empty())
-            .unwrap_or(profile);
         BinBuild {
             target_dir,
-            profile,
+            profile: node_profile(&profile, std::env::var(NODE_PROFILE_ENV).ok().as_deref()),
         }
+    }
+
+    /// The same target dir, in the optimised [`BIN_PROFILE`] (a no-op when already there).
+    pub fn optimised(self) -> BinBuild {
+        BinBuild {
+            profile: BIN_PROFILE.to_string(),
+            ..self
+        }
+    }
+
+    /// True when the binaries are built unoptimised but for the dependencies Cargo.toml's
+    /// `[profile.dev.package.*]` optimise (`dev`, `test`).
+    pub fn is_debug(&self) -> bool {
+        matches!(self.profile.as_str(), "dev" | "test")
     }
 
     /// The folder cargo puts this profile's binaries in.
@@ -692,6 +713,15 @@ impl BinBuild {
         };
         self.target_dir.join(dir)
     }
+}
+
+/// The node binaries' profile: `harness`'s own (so its compiled dependencies are reused),
+/// unless `env` ([`NODE_PROFILE_ENV`]) names one.
+fn node_profile(harness: &str, env: Option<&str>) -> String {
+    env.map(str::trim)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(harness)
+        .to_string()
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -721,14 +751,18 @@ pub fn cargo_output_of(exe: &Path) -> Option<(PathBuf, String)> {
     Some((target.to_path_buf(), profile.to_string()))
 }
 
-/// Builds the workspace binaries for the image (see [`BinBuild::for_workspace`]) and returns
-/// the folder of their stripped copies.
-pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
-    let build = BinBuild::for_workspace(workspace);
+/// Builds the workspace binaries for the image as `build` says (see
+/// [`ImageOptions::bin_build`]) and returns the folder of their stripped copies.
+pub async fn build_binaries(workspace: &Path, build: &BinBuild) -> Result<PathBuf> {
     let step = Step::start(format!(
-        "building {NODE_EXE} ({}) for the node image (cargo profile {}, {})",
+        "building {NODE_EXE} ({}) for the node image (cargo profile {}{}, {})",
         NODE_BINARIES.join(", "),
         build.profile,
+        if build.is_debug() {
+            ": the harness's dependencies"
+        } else {
+            ""
+        },
         build.target_dir.display()
     ));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -744,7 +778,7 @@ pub async fn build_binaries(workspace: &Path) -> Result<PathBuf> {
         workspace.display()
     );
     run_captured(&step, cmd, &display, 60).await?;
-    let stripped = strip_binaries(&build).await?;
+    let stripped = strip_binaries(build).await?;
     step.done();
     Ok(stripped)
 }
@@ -873,7 +907,7 @@ pub async fn ensure_node(
     base: &str,
 ) -> Result<String, HarnessError> {
     opts.check_prefix()?;
-    let bin_dir = build_binaries(&opts.workspace).await?;
+    let bin_dir = build_binaries(&opts.workspace, &opts.bin_build()).await?;
     node_image(docker, opts, base, &bin_dir).await
 }
 
@@ -1169,6 +1203,33 @@ mod tests {
             profile: "node".into(),
         };
         assert_eq!(b.out_dir(), target.join("node"));
+    }
+
+    #[test]
+    fn nodes_share_the_harness_profile_unless_told_or_benchmarked() {
+        // A debug harness (`cargo run`, the trials) builds debug nodes on its dependencies.
+        assert_eq!(node_profile("dev", None), "dev");
+        assert_eq!(node_profile("dev", Some("")), "dev");
+        assert_eq!(node_profile("release", None), "release");
+        // CLUSTERLAB_NODE_PROFILE=node: optimised nodes from a debug harness.
+        assert_eq!(node_profile("dev", Some("node")), "node");
+        assert_eq!(node_profile("release", Some(" dev ")), "dev");
+        let t = PathBuf::from("/t");
+        let dev = BinBuild {
+            target_dir: t.clone(),
+            profile: "dev".into(),
+        };
+        assert!(dev.is_debug());
+        let opt = dev.clone().optimised();
+        assert_eq!(opt.profile, BIN_PROFILE);
+        assert_eq!(opt.target_dir, t);
+        assert!(!opt.is_debug());
+        assert_eq!(opt.out_dir(), t.join("node"));
+        // A benchmark's options get optimised nodes whatever the harness and the variable say.
+        let mut opts = ImageOptions::for_workspace(PathBuf::from("/w"));
+        assert!(!opts.optimised_nodes);
+        opts.optimised_nodes = true;
+        assert_eq!(opts.bin_build().profile, BIN_PROFILE);
     }
 
     #[test]

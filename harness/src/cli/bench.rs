@@ -118,8 +118,16 @@ pub struct BenchClusterArgs {
 }
 
 impl BenchClusterArgs {
-    async fn setup(&self, docker: &Docker) -> anyhow::Result<BenchSetup> {
-        let images = crate::images::ensure_images(docker, &self.images.options()).await?;
+    /// The image options; `optimised`: nodes in the optimised profile, whatever the harness
+    /// was built in ([`crate::images::ImageOptions::optimised_nodes`]).
+    fn image_options(&self, optimised: bool) -> crate::images::ImageOptions {
+        let mut o = self.images.options();
+        o.optimised_nodes = optimised;
+        o
+    }
+
+    async fn setup(&self, docker: &Docker, optimised: bool) -> anyhow::Result<BenchSetup> {
+        let images = crate::images::ensure_images(docker, &self.image_options(optimised)).await?;
         Ok(BenchSetup {
             nodes: self.nodes,
             lease_ttl_s: self.lease_ttl,
@@ -149,7 +157,7 @@ pub struct BenchFailoverArgs {
 async fn run_failover(a: BenchFailoverArgs) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
     let opts = FailoverOptions {
-        setup: a.cluster.setup(&docker).await?,
+        setup: a.cluster.setup(&docker, false).await?,
         runs: a.runs,
         interval: Duration::from_millis(a.interval_ms.max(1)),
     };
@@ -203,9 +211,18 @@ async fn run_proxy(a: BenchProxyArgs) -> anyhow::Result<()> {
     }
     crate::bench::proxy::check_host_tools()?;
     let docker = crate::docker::connect().await?;
-    let setup = a.cluster.setup(&docker).await?;
+    // Benchmarks measure optimised code: the node image and the proxy on the host are built
+    // in the `node` profile even by a debug harness, whose nodes are otherwise `dev` builds.
+    let images = a.cluster.image_options(true);
+    let build = images.bin_build();
+    println!(
+        "bench proxy: node image and host-side proxy built in the optimised cargo profile {} ({})",
+        build.profile,
+        build.out_dir().display()
+    );
+    let setup = a.cluster.setup(&docker, true).await?;
     // The node image's own proxy binary (cargo has it built already: a no-op).
-    let bins = crate::images::build_binaries(&a.cluster.images.options().workspace).await?;
+    let bins = crate::images::build_binaries(&images.workspace, &build).await?;
     let opts = ProxyOptions {
         setup,
         paths: a.paths.clone(),

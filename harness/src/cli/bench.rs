@@ -71,7 +71,7 @@ pub struct BenchHostsArgs {
 
 async fn run_hosts(a: BenchHostsArgs) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
-    let images = crate::images::ensure_images(&docker, &a.images.options()).await?;
+    let images = crate::images::ensure_images(&docker, &bench_images("hosts", &a.images)).await?;
     let opts = BenchOptions {
         runs: a.runs,
         nodes: a.nodes,
@@ -117,17 +117,26 @@ pub struct BenchClusterArgs {
     pub images: ImagesArgs,
 }
 
-impl BenchClusterArgs {
-    /// The image options; `optimised`: nodes in the optimised profile, whatever the harness
-    /// was built in ([`crate::images::ImageOptions::optimised_nodes`]).
-    fn image_options(&self, optimised: bool) -> crate::images::ImageOptions {
-        let mut o = self.images.options();
-        o.optimised_nodes = optimised;
-        o
-    }
+/// The image options of a benchmark: benchmarks measure optimised code, so the nodes (and
+/// the proxy `bench proxy` runs on the host) are built in the `node` profile even by a debug
+/// harness, whose nodes are otherwise `dev` builds
+/// ([`crate::images::ImageOptions::optimised_nodes`]). Says so on stdout.
+fn bench_images(what: &str, images: &ImagesArgs) -> crate::images::ImageOptions {
+    let mut o = images.options();
+    o.optimised_nodes = true;
+    let build = o.bin_build();
+    println!(
+        "bench {what}: nodes built in the optimised cargo profile {} ({})",
+        build.profile,
+        build.out_dir().display()
+    );
+    o
+}
 
-    async fn setup(&self, docker: &Docker, optimised: bool) -> anyhow::Result<BenchSetup> {
-        let images = crate::images::ensure_images(docker, &self.image_options(optimised)).await?;
+impl BenchClusterArgs {
+    async fn setup(&self, docker: &Docker, what: &str) -> anyhow::Result<BenchSetup> {
+        let images =
+            crate::images::ensure_images(docker, &bench_images(what, &self.images)).await?;
         Ok(BenchSetup {
             nodes: self.nodes,
             lease_ttl_s: self.lease_ttl,
@@ -157,7 +166,7 @@ pub struct BenchFailoverArgs {
 async fn run_failover(a: BenchFailoverArgs) -> anyhow::Result<()> {
     let docker = crate::docker::connect().await?;
     let opts = FailoverOptions {
-        setup: a.cluster.setup(&docker, false).await?,
+        setup: a.cluster.setup(&docker, "failover").await?,
         runs: a.runs,
         interval: Duration::from_millis(a.interval_ms.max(1)),
     };
@@ -211,17 +220,10 @@ async fn run_proxy(a: BenchProxyArgs) -> anyhow::Result<()> {
     }
     crate::bench::proxy::check_host_tools()?;
     let docker = crate::docker::connect().await?;
-    // Benchmarks measure optimised code: the node image and the proxy on the host are built
-    // in the `node` profile even by a debug harness, whose nodes are otherwise `dev` builds.
-    let images = a.cluster.image_options(true);
-    let build = images.bin_build();
-    println!(
-        "bench proxy: node image and host-side proxy built in the optimised cargo profile {} ({})",
-        build.profile,
-        build.out_dir().display()
-    );
-    let setup = a.cluster.setup(&docker, true).await?;
-    // The node image's own proxy binary (cargo has it built already: a no-op).
+    let setup = a.cluster.setup(&docker, "proxy").await?;
+    // The node image's own proxy binary, for the host (cargo has it built already: a no-op).
+    let images = a.cluster.images.options();
+    let build = images.bin_build().optimised();
     let bins = crate::images::build_binaries(&images.workspace, &build).await?;
     let opts = ProxyOptions {
         setup,
@@ -299,7 +301,7 @@ async fn run_scale(a: BenchScaleArgs) -> anyhow::Result<()> {
     let image = match &a.image {
         Some(i) => i.clone(),
         None => {
-            crate::images::ensure_images(&docker, &a.images.options())
+            crate::images::ensure_images(&docker, &bench_images("scale", &a.images))
                 .await?
                 .node
         }

@@ -37,7 +37,7 @@ pub const IMAGE_PREFIX_ENV: &str = "CLUSTERLAB_IMAGE_PREFIX";
 /// debug harness optimised nodes).
 pub const NODE_PROFILE_ENV: &str = "CLUSTERLAB_NODE_PROFILE";
 /// The optimised profile of the node binaries (Cargo.toml `[profile.node]`): what
-/// [`ImageOptions::optimised_nodes`] (the benchmarks of the proxy) builds them in.
+/// [`ImageOptions::optimised_nodes`] (every benchmark) builds them in.
 pub const BIN_PROFILE: &str = "node";
 /// The workspace programs of the node image: links (in `/usr/local/bin`) to [`NODE_EXE`].
 pub const NODE_BINARIES: [&str; 4] = ["agent", "hostsgen", "sshkeys", "proxy"];

@@ -152,9 +152,7 @@ impl Snapshot {
             peers,
         )
     }
-}
 
-impl Snapshot {
     /// Whether `other` holds the same keys, each at the same revision: then a view built from
     /// `self` is the view `other` gives.
     pub fn same_keys(&self, other: &Snapshot) -> bool {

@@ -57,6 +57,9 @@ pub const BASE_PACKAGES: [&str; 10] = [
     "python3",
     "curl",
 ];
+/// The script that trims the base image into the node root (see [`ensure_node_root`]),
+/// relative to the workspace.
+pub const NODE_ROOT_SCRIPT: &str = "images/node/root.sh";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What to build and from where.
@@ -116,6 +119,12 @@ impl ImageOptions {
     /// Repository of the node image.
     pub fn node_repo(&self) -> String {
         format!("{}-node", self.prefix)
+    }
+
+    /// Repository of the node root (the base image trimmed by `images/node/root.sh`), which
+    /// the node image is built on.
+    pub fn node_root_repo(&self) -> String {
+        format!("{}-node-root", self.prefix)
     }
 
     /// The prefix must make valid Docker repository names.
@@ -224,17 +233,91 @@ pub async fn image_exists(docker: &Docker, name: &str) -> Result<bool> {
     }
 }
 
-/// Makes sure the base and node images exist, building what is missing. The base image is
-/// made while cargo builds the node binaries (one is mostly network and disk, the other CPU).
+/// Makes sure the base and node images exist, building what is missing. The base image and
+/// the node root are made while cargo builds the node binaries (the one mostly network and
+/// disk, the other CPU), so all that is left after the compile is copying the binaries in.
 pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Images> {
     opts.check_prefix()?;
     let build = opts.bin_build();
-    let (base, bin_dir) = tokio::try_join!(
-        ensure_base(docker, opts),
+    let ((base, root), bin_dir) = tokio::try_join!(
+        async {
+            let base = ensure_base(docker, opts).await?;
+            let root = ensure_node_root(docker, opts, &base).await?;
+            Ok::<_, HarnessError>((base, root))
+        },
         build_binaries(&opts.workspace, &build)
     )?;
-    let node = node_image(docker, opts, &base, &bin_dir).await?;
+    let node = node_image(docker, opts, &root, &bin_dir).await?;
     Ok(Images { base, node })
+}
+
+/// The node root for `base`: the base image minus what a node never runs
+/// (`images/node/root.sh`), as one imported layer, tagged `<prefix>-node-root:<hash of the
+/// base image's id and the script>` and made when missing. The script runs in a throw-away
+/// container of the base; the container's file system is exported straight into the import
+/// (no build stages, no copy of the root through the builder).
+pub async fn ensure_node_root(
+    docker: &Docker,
+    opts: &ImageOptions,
+    base: &str,
+) -> Result<String, HarnessError> {
+    let script_path = opts.workspace.join(NODE_ROOT_SCRIPT);
+    let script = std::fs::read_to_string(&script_path).map_err(|source| HarnessError::Io {
+        what: format!("reading {}", script_path.display()),
+        source,
+    })?;
+    let base_id = ctx(
+        format!("inspecting base image {base}"),
+        docker.inspect_image(base).await,
+    )?
+    .id
+    .unwrap_or_default();
+    // The node image's settings come with its root: its Dockerfile is then one copy (each
+    // Dockerfile step costs the builder a container and a commit).
+    let changes = vec![
+        format!("ENV {PATH_ENV}"),
+        "EXPOSE 22 2379 2380 8008 8888".to_string(),
+        "ENTRYPOINT [\"/usr/local/bin/agent\"]".to_string(),
+        "LABEL clusterlab.image=node-root".to_string(),
+    ];
+    let repo = opts.node_root_repo();
+    let tag = format!("{repo}:{}", node_root_hash(&base_id, &script, &changes));
+    if !opts.rebuild && image_exists(docker, &tag).await? {
+        return Ok(tag);
+    }
+    let step = Step::start(format!(
+        "making the node root {tag} from {base} ({NODE_ROOT_SCRIPT})"
+    ));
+    let (code, out) = oneshot(docker, base, &script, Some((&tag, changes))).await?;
+    if code != 0 {
+        return Err(HarnessError::ImageBuild {
+            what: format!("node root {tag} ({NODE_ROOT_SCRIPT} exited with {code})"),
+            output: last_lines(&out, 15),
+        });
+    }
+    step.done();
+    prune_node_images(docker, &repo, &tag, 1).await;
+    Ok(tag)
+}
+
+/// The node root's tag: a hash of the base image's id, the script that trims it and the
+/// image settings it is imported with.
+fn node_root_hash(base_id: &str, script: &str, changes: &[String]) -> String {
+    let mut h = Sha256::new();
+    for part in [base_id, script]
+        .into_iter()
+        .chain(changes.iter().map(String::as_str))
+    {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
@@ -832,6 +915,8 @@ async fn strip_binaries(build: &BinBuild) -> Result<PathBuf> {
 /// The node image's build context: Dockerfile, default config and binaries.
 pub struct NodeContext {
     pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Symbolic links: (path in the context, target).
+    pub links: Vec<(String, String)>,
 }
 
 impl NodeContext {
@@ -850,18 +935,22 @@ impl NodeContext {
                 0o644,
             ),
             (
-                "clusterlab.toml".to_string(),
+                "root/etc/clusterlab/clusterlab.toml".to_string(),
                 read(workspace.join("images/node/clusterlab.toml"))?,
                 0o644,
             ),
         ];
-        // The links to it are made by the Dockerfile.
         files.push((
-            format!("bin/{NODE_EXE}"),
+            format!("root/usr/local/bin/{NODE_EXE}"),
             read(bin_dir.join(NODE_EXE))?,
             0o755,
         ));
-        Ok(NodeContext { files })
+        // The programs, as links copied with the executable.
+        let links = NODE_BINARIES
+            .iter()
+            .map(|b| (format!("root/usr/local/bin/{b}"), NODE_EXE.to_string()))
+            .collect();
+        Ok(NodeContext { files, links })
     }
 
     /// Content hash over every file and the base image id: the node image's tag.
@@ -874,6 +963,13 @@ impl NodeContext {
             h.update(mode.to_le_bytes());
             h.update((data.len() as u64).to_le_bytes());
             h.update(data);
+        }
+        for (name, target) in &self.links {
+            h.update(b"link\0");
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(target.as_bytes());
+            h.update([0]);
         }
         hex::encode(h.finalize())[..16].to_string()
     }
@@ -893,6 +989,18 @@ impl NodeContext {
                     source,
                 })?;
         }
+        for (name, target) in &self.links {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            header.set_mtime(0);
+            b.append_link(&mut header, name, target)
+                .map_err(|source| HarnessError::Io {
+                    what: format!("adding the link {name} to the build context"),
+                    source,
+                })?;
+        }
         b.into_inner().map_err(|source| HarnessError::Io {
             what: "finishing the build context".into(),
             source,
@@ -907,17 +1015,22 @@ pub async fn ensure_node(
     base: &str,
 ) -> Result<String, HarnessError> {
     opts.check_prefix()?;
-    let bin_dir = build_binaries(&opts.workspace, &opts.bin_build()).await?;
-    node_image(docker, opts, base, &bin_dir).await
+    let build = opts.bin_build();
+    let (root, bin_dir) = tokio::try_join!(
+        ensure_node_root(docker, opts, base),
+        build_binaries(&opts.workspace, &build)
+    )?;
+    node_image(docker, opts, &root, &bin_dir).await
 }
 
 /// The node image of the binaries in `bin_dir` on `base`, built if missing.
 async fn node_image(
     docker: &Docker,
     opts: &ImageOptions,
-    base: &str,
+    root: &str,
     bin_dir: &Path,
 ) -> Result<String, HarnessError> {
+    let base = root;
     let node_repo = opts.node_repo();
     let context = NodeContext::load(&opts.workspace, bin_dir)?;
     let base_id = ctx(
@@ -1049,6 +1162,17 @@ static ONESHOT_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32:
 /// process's id), so `harness down --name <its name>`, an interrupt and the sweep of a later
 /// run all find it.
 pub async fn run_oneshot(docker: &Docker, image: &str, script: &str) -> Result<(i64, String)> {
+    oneshot(docker, image, script, None).await
+}
+
+/// [`run_oneshot`], and when the script succeeded and `export` names an image
+/// (`repo:tag`, with `docker import` changes), the container's file system imported as it.
+async fn oneshot(
+    docker: &Docker,
+    image: &str,
+    script: &str,
+    export: Option<(&str, Vec<String>)>,
+) -> Result<(i64, String)> {
     let name = format!(
         "clusterlab-oneshot-{}-{}",
         std::process::id(),
@@ -1087,11 +1211,41 @@ pub async fn run_oneshot(docker: &Docker, image: &str, script: &str) -> Result<(
         while let Some(Ok(chunk)) = logs.next().await {
             out.push_str(&chunk.to_string());
         }
+        if let (0, Some((as_image, changes))) = (code, export) {
+            import_container(docker, &name, as_image, changes).await?;
+        }
         Ok((code, out))
     }
     .await;
     let _ = objects.remove().await;
     result
+}
+
+/// Imports the file system of the (stopped) container `name` as the image `as_image`
+/// (`repo:tag`), one layer, applying `changes` (`docker import --change`).
+async fn import_container(
+    docker: &Docker,
+    name: &str,
+    as_image: &str,
+    changes: Vec<String>,
+) -> Result<()> {
+    let export = docker
+        .export_container(name)
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let (repo, tag) = as_image.split_once(':').unwrap_or((as_image, "latest"));
+    let options = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        changes,
+        ..Default::default()
+    };
+    let mut stream =
+        docker.create_image(Some(options), Some(bollard::body_try_stream(export)), None);
+    while let Some(item) = stream.next().await {
+        ctx(format!("importing {name} as {as_image}"), item)?;
+    }
+    Ok(())
 }
 
 async fn smoke_test(docker: &Docker, image: &str) -> Result<()> {
@@ -1233,17 +1387,34 @@ mod tests {
     }
 
     #[test]
+    fn node_root_hash_changes_with_base_script_and_settings() {
+        let env = vec!["ENV PATH=/bin".to_string()];
+        let a = node_root_hash("sha256:1", "rm -rf /x", &env);
+        assert_eq!(a, node_root_hash("sha256:1", "rm -rf /x", &env));
+        assert_ne!(a, node_root_hash("sha256:2", "rm -rf /x", &env));
+        assert_ne!(a, node_root_hash("sha256:1", "rm -rf /y", &env));
+        assert_ne!(a, node_root_hash("sha256:1", "rm -rf /x", &[]));
+        // Parts are length-prefixed: moving text from one to the next changes the hash.
+        assert_ne!(a, node_root_hash("sha256:1rm", " -rf /x", &env));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
     fn context_hash_changes_with_content_and_base() {
         let ctx = |bin: &[u8]| NodeContext {
             files: vec![
                 ("Dockerfile".into(), b"FROM x".to_vec(), 0o644),
                 ("bin/agent".into(), bin.to_vec(), 0o755),
             ],
+            links: vec![("bin/proxy".into(), "agent".into())],
         };
         let a = ctx(b"one").hash("sha256:1");
         assert_eq!(a, ctx(b"one").hash("sha256:1"));
         assert_ne!(a, ctx(b"two").hash("sha256:1"));
         assert_ne!(a, ctx(b"one").hash("sha256:2"));
+        let mut relinked = ctx(b"one");
+        relinked.links[0].1 = "other".into();
+        assert_ne!(a, relinked.hash("sha256:1"));
         assert_eq!(a.len(), 16);
     }
 
@@ -1254,10 +1425,11 @@ mod tests {
                 ("Dockerfile".into(), b"FROM x".to_vec(), 0o644),
                 ("bin/agent".into(), b"\x7fELF".to_vec(), 0o755),
             ],
+            links: vec![("bin/proxy".into(), "agent".into())],
         };
         let data = c.tar().unwrap();
         let mut ar = tar::Archive::new(data.as_slice());
-        let entries: Vec<(String, u32)> = ar
+        let entries: Vec<(String, u32, Option<String>)> = ar
             .entries()
             .unwrap()
             .map(|e| {
@@ -1265,12 +1437,17 @@ mod tests {
                 (
                     e.path().unwrap().display().to_string(),
                     e.header().mode().unwrap(),
+                    e.link_name().unwrap().map(|l| l.display().to_string()),
                 )
             })
             .collect();
         assert_eq!(
             entries,
-            vec![("Dockerfile".into(), 0o644), ("bin/agent".into(), 0o755)]
+            vec![
+                ("Dockerfile".into(), 0o644, None),
+                ("bin/agent".into(), 0o755, None),
+                ("bin/proxy".into(), 0o777, Some("agent".into())),
+            ]
         );
     }
 

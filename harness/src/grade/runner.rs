@@ -239,6 +239,7 @@ pub fn submission_context(dir: &Path) -> Result<NodeContext, HarnessError> {
     }
     Ok(NodeContext {
         files: read_context_dir(dir)?,
+        links: Vec::new(),
     })
 }
 

@@ -78,7 +78,7 @@ pub enum HarnessError {
         program: &'static str,
         package: &'static str,
     },
-    #[error("making the base image needs root (debootstrap and chroot).\n  fix: run `sudo harness images` once; later runs reuse the image")]
+    #[error("making the base image needs root (mmdebstrap or debootstrap, and chroot).\n  fix: run `sudo harness images` once; later runs reuse the image")]
     NeedsRoot,
     /// A host program run while building an image failed.
     #[error("{command} failed ({status}); last output:\n{output}")]

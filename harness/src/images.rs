@@ -1,6 +1,7 @@
-//! Images with no registry: the base image from Debian packages (debootstrap, apt inside the
-//! new root, import) and the node image (base + the workspace's binaries), tagged by a content
-//! hash so an unchanged tree is not rebuilt.
+//! Images with no registry: the base image from Debian packages (mmdebstrap, or debootstrap
+//! and apt inside the new root, then import), the node root (the base minus what a node never
+//! runs) and the node image (node root + the workspace's binaries), tagged by content hashes so
+//! an unchanged tree is not rebuilt.
 //!
 //! The workspace binaries are built on the host and copied in, so they must run on the
 //! image's C library. The base image is made from the host's own Debian release when the host
@@ -348,61 +349,12 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
     let guard = BuildDir::create(Path::new(BUILD_PARENT))?;
     let root = guard.root.clone();
 
-    let step = Step::start(format!(
-        "debootstrap {} (minbase) from {mirror}",
-        opts.suite
-    ));
-    run_logged(
-        &step,
-        "debootstrap",
-        &[
-            "--variant=minbase",
-            &opts.suite,
-            &root.display().to_string(),
-            &mirror,
-        ],
-    )
-    .await?;
-    step.done();
-
-    let step = Step::start(format!(
-        "installing {} into the new root",
-        BASE_PACKAGES.join(" ")
-    ));
-    // The new root's files are written afresh, never through a link the packages made.
-    if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
-        write(&root.join("etc/resolv.conf"), &resolv, 0o644)?;
-    }
-    // Services must not start inside the chroot.
-    write(
-        &root.join("usr/sbin/policy-rc.d"),
-        "#!/bin/sh\nexit 101\n",
-        0o755,
-    )?;
-    run_logged(
-        &step,
-        "mount",
-        &[
-            "-t",
-            "proc",
-            "proc",
-            &root.join("proc").display().to_string(),
-        ],
-    )
-    .await?;
     let r = root.display().to_string();
-    run_logged(&step, "chroot", &[&r, "apt-get", "update"]).await?;
-    let mut args = vec![
-        r.as_str(),
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "install",
-        "-y",
-        "--no-install-recommends",
-    ];
-    args.extend(BASE_PACKAGES);
-    run_logged(&step, "chroot", &args).await?;
+    let step = if which("mmdebstrap") {
+        mmdebstrap(opts, &mirror, &r).await?
+    } else {
+        debootstrap(opts, &mirror, &root).await?
+    };
     run_logged(
         &step,
         "sh",
@@ -411,7 +363,7 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
             // Trim: docs, man pages, locales, apt lists and caches; no baked-in host keys
             // (each node makes its own and keeps it on its volume).
             &format!(
-                "set -e; R='{r}'; umount \"$R/proc\"; \
+                "set -e; R='{r}'; \
                  rm -rf \"$R\"/usr/share/doc/* \"$R\"/usr/share/man/* \"$R\"/usr/share/info/* \
                         \"$R\"/var/lib/apt/lists/* \"$R\"/var/cache/apt/*.bin \"$R\"/var/cache/apt/archives/*.deb \
                         \"$R\"/var/log/*.log \"$R\"/etc/ssh/ssh_host_* \"$R/usr/sbin/policy-rc.d\"; \
@@ -468,6 +420,98 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
     step.done();
     drop(guard);
     Ok(())
+}
+
+/// One step: the base root at `root` made by mmdebstrap (minbase, merged /usr, the base
+/// packages), in one apt run with dpkg's unsafe I/O (the root is thrown away on failure) and
+/// without the documentation dpkg would unpack only to have it removed.
+async fn mmdebstrap(opts: &ImageOptions, mirror: &str, root: &str) -> Result<Step> {
+    let step = Step::start(format!(
+        "mmdebstrap {} (minbase) with {} from {mirror}",
+        opts.suite,
+        BASE_PACKAGES.join(" ")
+    ));
+    let include = format!("--include={}", BASE_PACKAGES.join(","));
+    let mut args = vec![
+        "--mode=root",
+        "--variant=minbase",
+        include.as_str(),
+        "--dpkgopt=force-unsafe-io",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*",
+    ];
+    // Without the hook, bookworm's mmdebstrap merges /usr with the usrmerge package, which
+    // brings Perl along; debootstrap's root has usr-is-merged instead.
+    let hook = "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr";
+    if Path::new(hook.trim_start_matches("--hook-dir=")).is_dir() {
+        args.push(hook);
+    }
+    args.extend([opts.suite.as_str(), root, mirror]);
+    run_logged(&step, "mmdebstrap", &args).await?;
+    Ok(step)
+}
+
+/// Two steps (without mmdebstrap): debootstrap, then the base packages installed with apt in
+/// the new root.
+async fn debootstrap(opts: &ImageOptions, mirror: &str, root: &Path) -> Result<Step> {
+    let step = Step::start(format!(
+        "debootstrap {} (minbase) from {mirror}",
+        opts.suite
+    ));
+    run_logged(
+        &step,
+        "debootstrap",
+        &[
+            "--variant=minbase",
+            &opts.suite,
+            &root.display().to_string(),
+            mirror,
+        ],
+    )
+    .await?;
+    step.done();
+
+    let step = Step::start(format!(
+        "installing {} into the new root",
+        BASE_PACKAGES.join(" ")
+    ));
+    // The new root's files are written afresh, never through a link the packages made.
+    if let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+        write(&root.join("etc/resolv.conf"), &resolv, 0o644)?;
+    }
+    // Services must not start inside the chroot.
+    write(
+        &root.join("usr/sbin/policy-rc.d"),
+        "#!/bin/sh\nexit 101\n",
+        0o755,
+    )?;
+    run_logged(
+        &step,
+        "mount",
+        &[
+            "-t",
+            "proc",
+            "proc",
+            &root.join("proc").display().to_string(),
+        ],
+    )
+    .await?;
+    let r = root.display().to_string();
+    run_logged(&step, "chroot", &[&r, "apt-get", "update"]).await?;
+    let mut args = vec![
+        r.as_str(),
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+    ];
+    args.extend(BASE_PACKAGES);
+    run_logged(&step, "chroot", &args).await?;
+    run_logged(&step, "umount", &[&format!("{r}/proc")]).await?;
+    Ok(step)
 }
 
 fn tokio_util_reader(
@@ -641,13 +685,15 @@ fn which(prog: &str) -> bool {
 }
 
 fn check_base_prerequisites() -> Result<()> {
-    for (prog, pkg) in [
-        ("debootstrap", "debootstrap"),
-        ("chroot", "coreutils"),
-        ("tar", "tar"),
-    ] {
-        let found = which(prog) || Path::new("/usr/sbin").join(prog).is_file();
-        if !found {
+    let found = |prog: &str| which(prog) || Path::new("/usr/sbin").join(prog).is_file();
+    if !found("mmdebstrap") && !found("debootstrap") {
+        return Err(HarnessError::ToolMissing {
+            program: "mmdebstrap (or debootstrap)",
+            package: "mmdebstrap",
+        });
+    }
+    for (prog, pkg) in [("chroot", "coreutils"), ("tar", "tar")] {
+        if !found(prog) {
             return Err(HarnessError::ToolMissing {
                 program: prog,
                 package: pkg,

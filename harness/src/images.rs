@@ -719,10 +719,19 @@ fn nix_is_root() -> bool {
 
 /// Runs a command, showing its output lines as step details; on failure the error carries
 /// the last lines of output.
+///
+/// The base image's commands run at the lowest CPU priority (`nice`): they wait mostly on the
+/// network and the disk, while the node build beside them is what the first run waits for.
 async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
-    let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(args)
-        .env("PATH", PATH_ENV.trim_start_matches("PATH="));
+    let path = PATH_ENV.trim_start_matches("PATH=");
+    let mut cmd = if which("nice") {
+        let mut c = tokio::process::Command::new("nice");
+        c.args(["-n", "19", prog]);
+        c
+    } else {
+        tokio::process::Command::new(prog)
+    };
+    cmd.args(args).env("PATH", path);
     run_captured(step, cmd, &format!("{prog} {}", args.join(" ")), 15).await
 }
 

@@ -54,15 +54,30 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The log filter: `RUST_LOG` as a default level and levels per module (`warn`,
+/// `hostsgen=debug,info`), `info` when it is unset or unreadable. (A `Targets` filter, not
+/// an `EnvFilter`: the same syntax but for span and field filters, which nobody uses here,
+/// and no regular-expression engine to compile into every program.)
+pub fn log_filter() -> tracing_subscriber::filter::Targets {
+    parse_log_filter(std::env::var("RUST_LOG").ok().as_deref())
+}
+
+fn parse_log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
+    spec.and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    })
+}
+
 /// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Plugins log through a pipe into the agent's log: colour codes only on a terminal.
     let _ = tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(log_filter())
         .try_init();
 }
 
@@ -71,20 +86,36 @@ pub fn init_tracing() {
 /// pipe plain text with no time and no colours. Filtered by `RUST_LOG` (default `info`).
 pub fn init_plugin_tracing() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let _ = if std::io::stderr().is_terminal() {
-        fmt.try_init()
+        fmt.finish().with(log_filter()).try_init()
     } else {
-        fmt.with_ansi(false).without_time().try_init()
+        fmt.with_ansi(false)
+            .without_time()
+            .finish()
+            .with(log_filter())
+            .try_init()
     };
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_filter_reads_levels_per_module_and_defaults_to_info() {
+        use tracing::Level;
+        let f = super::parse_log_filter(Some("hostsgen=debug,warn"));
+        assert!(f.would_enable("hostsgen::watch", &Level::DEBUG));
+        assert!(!f.would_enable("agent", &Level::INFO));
+        assert!(f.would_enable("agent", &Level::WARN));
+        for unset in [None, Some("=garbage=")] {
+            let f = super::parse_log_filter(unset);
+            assert!(f.would_enable("agent", &Level::INFO), "{unset:?}");
+            assert!(!f.would_enable("agent", &Level::DEBUG), "{unset:?}");
+        }
+    }
+
     #[test]
     fn html_escape_leaves_no_markup() {
         assert_eq!(

@@ -241,11 +241,7 @@ pub async fn ensure_images(docker: &Docker, opts: &ImageOptions) -> Result<Image
     opts.check_prefix()?;
     let build = opts.bin_build();
     let ((base, root), bin_dir) = tokio::try_join!(
-        async {
-            let base = ensure_base(docker, opts).await?;
-            let root = ensure_node_root(docker, opts, &base).await?;
-            Ok::<_, HarnessError>((base, root))
-        },
+        ensure_base_and_root(docker, opts),
         build_binaries(&opts.workspace, &build)
     )?;
     let node = node_image(docker, opts, &root, &bin_dir).await?;
@@ -262,34 +258,15 @@ pub async fn ensure_node_root(
     opts: &ImageOptions,
     base: &str,
 ) -> Result<String, HarnessError> {
-    let script_path = opts.workspace.join(NODE_ROOT_SCRIPT);
-    let script = std::fs::read_to_string(&script_path).map_err(|source| HarnessError::Io {
-        what: format!("reading {}", script_path.display()),
-        source,
-    })?;
-    let base_id = ctx(
-        format!("inspecting base image {base}"),
-        docker.inspect_image(base).await,
-    )?
-    .id
-    .unwrap_or_default();
-    // The node image's settings come with its root: its Dockerfile is then one copy (each
-    // Dockerfile step costs the builder a container and a commit).
-    let changes = vec![
-        format!("ENV {PATH_ENV}"),
-        "EXPOSE 22 2379 2380 8008 8888".to_string(),
-        "ENTRYPOINT [\"/usr/local/bin/agent\"]".to_string(),
-        "LABEL clusterlab.image=node-root".to_string(),
-    ];
-    let repo = opts.node_root_repo();
-    let tag = format!("{repo}:{}", node_root_hash(&base_id, &script, &changes));
+    let plan = NodeRootPlan::load(docker, opts, base).await?;
+    let tag = plan.tag.clone();
     if !opts.rebuild && image_exists(docker, &tag).await? {
         return Ok(tag);
     }
     let step = Step::start(format!(
         "making the node root {tag} from {base} ({NODE_ROOT_SCRIPT})"
     ));
-    let (code, out) = oneshot(docker, base, &script, Some((&tag, changes))).await?;
+    let (code, out) = oneshot(docker, base, &plan.script, Some((&tag, plan.changes))).await?;
     if code != 0 {
         return Err(HarnessError::ImageBuild {
             what: format!("node root {tag} ({NODE_ROOT_SCRIPT} exited with {code})"),
@@ -297,8 +274,70 @@ pub async fn ensure_node_root(
         });
     }
     step.done();
-    prune_node_images(docker, &repo, &tag, 1).await;
+    prune_node_images(docker, &opts.node_root_repo(), &tag, 1).await;
     Ok(tag)
+}
+
+/// What the node root of a base image is made of, and its tag.
+struct NodeRootPlan {
+    script: String,
+    /// `docker import` changes: the node image's settings come with its root, so its
+    /// Dockerfile is one copy (each Dockerfile step costs the builder a container and a commit).
+    changes: Vec<String>,
+    tag: String,
+}
+
+impl NodeRootPlan {
+    async fn load(docker: &Docker, opts: &ImageOptions, base: &str) -> Result<NodeRootPlan> {
+        let script_path = opts.workspace.join(NODE_ROOT_SCRIPT);
+        let script = std::fs::read_to_string(&script_path).map_err(|source| HarnessError::Io {
+            what: format!("reading {}", script_path.display()),
+            source,
+        })?;
+        let base_id = ctx(
+            format!("inspecting base image {base}"),
+            docker.inspect_image(base).await,
+        )?
+        .id
+        .unwrap_or_default();
+        let changes = vec![
+            format!("ENV {PATH_ENV}"),
+            "EXPOSE 22 2379 2380 8008 8888".to_string(),
+            "ENTRYPOINT [\"/usr/local/bin/agent\"]".to_string(),
+            "LABEL clusterlab.image=node-root".to_string(),
+        ];
+        let tag = format!(
+            "{}:{}",
+            opts.node_root_repo(),
+            node_root_hash(&base_id, &script, &changes)
+        );
+        Ok(NodeRootPlan {
+            script,
+            changes,
+            tag,
+        })
+    }
+}
+
+/// The base image and its node root, each made when missing. When the base is made here, the
+/// node root is made from the same new root folder right after the base's import (the trim
+/// run in a chroot, a second import), without a container or an export.
+pub async fn ensure_base_and_root(
+    docker: &Docker,
+    opts: &ImageOptions,
+) -> Result<(String, String), HarnessError> {
+    let (base, built) = base_to_use(docker, opts).await?;
+    let Some(name) = built else {
+        let root = ensure_node_root(docker, opts, &base).await?;
+        return Ok((base, root));
+    };
+    let root = build_base(docker, opts, &name, true)
+        .await?
+        .ok_or_else(|| HarnessError::Io {
+            what: format!("making the node root of {name}"),
+            source: std::io::Error::other("no node root was made"),
+        })?;
+    Ok((name, root))
 }
 
 /// The node root's tag: a hash of the base image's id, the script that trims it and the
@@ -324,11 +363,23 @@ fn last_lines(text: &str, n: usize) -> String {
 /// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
 /// made from Debian packages when missing.
 pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String, HarnessError> {
+    let (base, built) = base_to_use(docker, opts).await?;
+    if let Some(name) = built {
+        build_base(docker, opts, &name, false).await?;
+    }
+    Ok(base)
+}
+
+/// The base image to use and, when it has to be made, its name (again).
+async fn base_to_use(
+    docker: &Docker,
+    opts: &ImageOptions,
+) -> Result<(String, Option<String>), HarnessError> {
     opts.check_prefix()?;
     let base_repo = opts.base_repo();
     if let Some(configured) = &opts.base_image {
         if image_exists(docker, configured).await? {
-            return Ok(configured.clone());
+            return Ok((configured.clone(), None));
         }
         eprintln!(
             "note: base image {configured} is not present locally and cannot be pulled here; making {base_repo}:{} from Debian packages instead",
@@ -337,13 +388,19 @@ pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String,
     }
     let name = format!("{base_repo}:{}", opts.suite);
     if !opts.rebuild && image_exists(docker, &name).await? {
-        return Ok(name);
+        return Ok((name, None));
     }
-    build_base(docker, opts, &name).await?;
-    Ok(name)
+    Ok((name.clone(), Some(name)))
 }
 
-async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<()> {
+/// Makes the base image `name` from Debian packages and, with `and_root`, its node root from
+/// the same folder; returns the node root's tag when it was asked for.
+async fn build_base(
+    docker: &Docker,
+    opts: &ImageOptions,
+    name: &str,
+    and_root: bool,
+) -> Result<Option<String>> {
     check_base_prerequisites()?;
     let mirror = opts.mirror.clone().unwrap_or_else(host_mirror);
     let guard = BuildDir::create(Path::new(BUILD_PARENT))?;
@@ -376,8 +433,40 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
     step.done();
 
     let step = Step::start(format!("importing the root as {name}"));
+    import_dir(docker, &step, &r, name, vec![format!("ENV {PATH_ENV}")]).await?;
+    step.done();
+    if !and_root {
+        drop(guard);
+        return Ok(None);
+    }
+    let plan = NodeRootPlan::load(docker, opts, name).await?;
+    if !opts.rebuild && image_exists(docker, &plan.tag).await? {
+        drop(guard);
+        return Ok(Some(plan.tag));
+    }
+    let step = Step::start(format!(
+        "making the node root {} in the new root ({NODE_ROOT_SCRIPT}) and importing it",
+        plan.tag
+    ));
+    run_logged(&step, "chroot", &[&r, "/bin/sh", "-c", &plan.script]).await?;
+    import_dir(docker, &step, &r, &plan.tag, plan.changes).await?;
+    step.done();
+    prune_node_images(docker, &opts.node_root_repo(), &plan.tag, 1).await;
+    drop(guard);
+    Ok(Some(plan.tag))
+}
+
+/// Imports the folder `dir` (a root file system, as tar streams it) as the image `name`
+/// (`repo:tag`), applying `changes` (`docker import --change`).
+async fn import_dir(
+    docker: &Docker,
+    step: &Step,
+    dir: &str,
+    name: &str,
+    changes: Vec<String>,
+) -> Result<()> {
     let mut tar = tokio::process::Command::new("tar")
-        .args(["-C", &r, "--numeric-owner", "-cf", "-", "."])
+        .args(["-C", dir, "--numeric-owner", "-cf", "-", "."])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -396,7 +485,7 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
         from_src: Some("-".into()),
         repo: Some(repo.into()),
         tag: Some(tag.into()),
-        changes: vec![format!("ENV {PATH_ENV}")],
+        changes,
         ..Default::default()
     };
     let mut stream = docker.create_image(Some(options), Some(body), None);
@@ -417,8 +506,6 @@ async fn build_base(docker: &Docker, opts: &ImageOptions, name: &str) -> Result<
             output: String::new(),
         });
     }
-    step.done();
-    drop(guard);
     Ok(())
 }
 

@@ -818,7 +818,7 @@ async fn run_logged(step: &Step, prog: &str, args: &[&str]) -> Result<()> {
     let path = PATH_ENV.trim_start_matches("PATH=");
     let mut cmd = if which("nice") {
         let mut c = tokio::process::Command::new("nice");
-        c.args(["-n", "10", prog]);
+        c.args(["-n", "5", prog]);
         c
     } else {
         tokio::process::Command::new(prog)

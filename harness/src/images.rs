@@ -479,22 +479,7 @@ async fn import_dir(
         what: "reading tar's output".into(),
         source: std::io::Error::other("tar has no stdout"),
     })?;
-    let body = bollard::body_try_stream(tokio_util_reader(stdout));
-    let (repo, tag) = name.split_once(':').unwrap_or((name, "latest"));
-    let options = CreateImageOptions {
-        from_src: Some("-".into()),
-        repo: Some(repo.into()),
-        tag: Some(tag.into()),
-        changes,
-        ..Default::default()
-    };
-    let mut stream = docker.create_image(Some(options), Some(body), None);
-    while let Some(item) = stream.next().await {
-        let info = ctx(format!("importing {name}"), item)?;
-        if let Some(s) = info.status {
-            step.detail(&s);
-        }
-    }
+    import_stream(docker, Some(step), tokio_util_reader(stdout), name, changes).await?;
     let status = tar.wait().await.map_err(|source| HarnessError::Io {
         what: "waiting for tar".into(),
         source,
@@ -1379,7 +1364,21 @@ async fn import_container(
     let export = docker
         .export_container(name)
         .map(|chunk| chunk.map_err(std::io::Error::other));
-    let (repo, tag) = as_image.split_once(':').unwrap_or((as_image, "latest"));
+    import_stream(docker, None, export, as_image, changes).await
+}
+
+/// `docker import` of the tar stream `body` as the image `name` (`repo:tag`), applying
+/// `changes`; the engine's progress goes to `step`'s details.
+async fn import_stream(
+    docker: &Docker,
+    step: Option<&Step>,
+    body: impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>>
+        + Send
+        + 'static,
+    name: &str,
+    changes: Vec<String>,
+) -> Result<()> {
+    let (repo, tag) = name.split_once(':').unwrap_or((name, "latest"));
     let options = CreateImageOptions {
         from_src: Some("-".into()),
         repo: Some(repo.into()),
@@ -1387,10 +1386,12 @@ async fn import_container(
         changes,
         ..Default::default()
     };
-    let mut stream =
-        docker.create_image(Some(options), Some(bollard::body_try_stream(export)), None);
+    let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
     while let Some(item) = stream.next().await {
-        ctx(format!("importing {name} as {as_image}"), item)?;
+        let info = ctx(format!("importing {name}"), item)?;
+        if let (Some(step), Some(s)) = (step, info.status) {
+            step.detail(&s);
+        }
     }
     Ok(())
 }

@@ -326,18 +326,14 @@ pub async fn ensure_base_and_root(
     docker: &Docker,
     opts: &ImageOptions,
 ) -> Result<(String, String), HarnessError> {
-    let (base, built) = base_to_use(docker, opts).await?;
-    let Some(name) = built else {
-        let root = ensure_node_root(docker, opts, &base).await?;
-        return Ok((base, root));
-    };
-    let root = build_base(docker, opts, &name, true)
-        .await?
-        .ok_or_else(|| HarnessError::Io {
-            what: format!("making the node root of {name}"),
-            source: std::io::Error::other("no node root was made"),
-        })?;
-    Ok((name, root))
+    let (base, missing) = base_to_use(docker, opts).await?;
+    if missing {
+        if let Some(root) = build_base(docker, opts, &base, true).await? {
+            return Ok((base, root));
+        }
+    }
+    let root = ensure_node_root(docker, opts, &base).await?;
+    Ok((base, root))
 }
 
 /// The node root's tag: a hash of the base image's id, the script that trims it and the
@@ -363,23 +359,20 @@ fn last_lines(text: &str, n: usize) -> String {
 /// The base image: the configured one if present locally, else `clusterlab-base:<suite>`,
 /// made from Debian packages when missing.
 pub async fn ensure_base(docker: &Docker, opts: &ImageOptions) -> Result<String, HarnessError> {
-    let (base, built) = base_to_use(docker, opts).await?;
-    if let Some(name) = built {
-        build_base(docker, opts, &name, false).await?;
+    let (base, missing) = base_to_use(docker, opts).await?;
+    if missing {
+        build_base(docker, opts, &base, false).await?;
     }
     Ok(base)
 }
 
-/// The base image to use and, when it has to be made, its name (again).
-async fn base_to_use(
-    docker: &Docker,
-    opts: &ImageOptions,
-) -> Result<(String, Option<String>), HarnessError> {
+/// The base image to use, and whether it has to be made from Debian packages.
+async fn base_to_use(docker: &Docker, opts: &ImageOptions) -> Result<(String, bool), HarnessError> {
     opts.check_prefix()?;
     let base_repo = opts.base_repo();
     if let Some(configured) = &opts.base_image {
         if image_exists(docker, configured).await? {
-            return Ok((configured.clone(), None));
+            return Ok((configured.clone(), false));
         }
         eprintln!(
             "note: base image {configured} is not present locally and cannot be pulled here; making {base_repo}:{} from Debian packages instead",
@@ -388,9 +381,9 @@ async fn base_to_use(
     }
     let name = format!("{base_repo}:{}", opts.suite);
     if !opts.rebuild && image_exists(docker, &name).await? {
-        return Ok((name, None));
+        return Ok((name, false));
     }
-    Ok((name.clone(), Some(name)))
+    Ok((name, true))
 }
 
 /// Makes the base image `name` from Debian packages and, with `and_root`, its node root from

@@ -257,6 +257,86 @@ impl Way {
     }
 }
 
+/// How clusterlab's proxy did against nginx round by round: each round measures every way
+/// once, one after the other, so round `i` of the two was run under the same conditions
+/// (the same minute of a noisy machine). A median ratio near 1 says little on its own on a
+/// machine whose rounds of one way spread by more than the difference; the count of rounds
+/// each one won, and how likely that count is if neither were faster (a two-sided sign
+/// test), say whether the run can tell the two apart at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paired {
+    /// Rounds in which the proxy did better.
+    pub better: usize,
+    /// Rounds in which it did worse.
+    pub worse: usize,
+}
+
+/// Below this sign-test probability a paired count is taken as a real difference.
+pub const SIGN_TEST_LEVEL: f64 = 0.05;
+
+impl Paired {
+    /// Compares round by round; `higher_is_better` for throughput, not for latency. Ties
+    /// and rounds missing on either side count for neither.
+    fn of(
+        proxy: &[Round],
+        nginx: &[Round],
+        f: impl Fn(&Round) -> f64,
+        higher_is_better: bool,
+    ) -> Paired {
+        let mut p = Paired {
+            better: 0,
+            worse: 0,
+        };
+        for (a, b) in proxy.iter().zip(nginx) {
+            let (a, b) = (f(a), f(b));
+            if a.is_nan() || b.is_nan() || a == b {
+                continue;
+            }
+            if (a > b) == higher_is_better {
+                p.better += 1;
+            } else {
+                p.worse += 1;
+            }
+        }
+        p
+    }
+
+    /// The two-sided sign test: the probability of a split at least this uneven if each
+    /// round were a coin toss.
+    pub fn sign_test(&self) -> f64 {
+        let n = self.better + self.worse;
+        let k = self.better.min(self.worse);
+        // P(X ≤ k) for X ~ Binomial(n, 1/2), summed term by term.
+        let mut term = 0.5f64.powi(i32::try_from(n).unwrap_or(i32::MAX));
+        let mut tail = 0.0;
+        for i in 0..=k {
+            tail += term;
+            term *= (n - i) as f64 / (i + 1) as f64;
+        }
+        (2.0 * tail).min(1.0)
+    }
+
+    /// What the rounds say, for the verdict line: e.g. "ahead in 7 of 9 paired rounds,
+    /// sign test p 0.18: not told apart from nginx".
+    pub fn text(&self) -> String {
+        let n = self.better + self.worse;
+        let p = self.sign_test();
+        let judged = if n == 0 {
+            "no rounds to compare"
+        } else if p >= SIGN_TEST_LEVEL {
+            "not told apart from nginx's in this run"
+        } else if self.better > self.worse {
+            "better than nginx's in this run"
+        } else {
+            "worse than nginx's in this run"
+        };
+        format!(
+            "ahead in {} of {n} paired rounds, sign test p {p:.2}: {judged}",
+            self.better
+        )
+    }
+}
+
 /// The figures of one path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathReport {
@@ -297,6 +377,16 @@ impl PathReport {
         }
     }
 
+    /// Throughput and p99 of clusterlab's proxy against nginx's, round by round.
+    pub fn paired(&self) -> (Paired, Paired) {
+        let proxy = &self.get(Way::HostProxy).rounds;
+        let nginx = &self.get(Way::Nginx).rounds;
+        (
+            Paired::of(proxy, nginx, Round::rps, true),
+            Paired::of(proxy, nginx, |r| r.p99_ms, false),
+        )
+    }
+
     pub fn meets_target(&self) -> bool {
         let r = self.ratios();
         r.vs_nginx >= NGINX_TARGET
@@ -313,15 +403,18 @@ impl PathReport {
             out.push_str(&format!("  {}\n", self.get(way).line(&way.label(leader))));
         }
         let r = self.ratios();
+        let (rps, p99) = self.paired();
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         out.push_str(&format!(
-            "  on the host, clusterlab's proxy: {:.2}× nginx's throughput (target ≥ {NGINX_TARGET}×: {}), \
-             p99 {:.2}× nginx's (target ≤ 1×: {}), {:.2}× configurable-http-proxy (target ≥ {CHP_TARGET}×: {}), \
+            "  on the host, clusterlab's proxy: {:.2}× nginx's throughput (target ≥ {NGINX_TARGET}×: {}; {}), \
+             p99 {:.2}× nginx's (target ≤ 1×: {}; {}), {:.2}× configurable-http-proxy (target ≥ {CHP_TARGET}×: {}), \
              {:.2}× the byte relay (target ≥ {RELAY_TARGET}×: {}); nginx against the relay {:.2}×\n",
             r.vs_nginx,
             verdict(r.vs_nginx >= NGINX_TARGET),
+            rps.text(),
             r.p99_vs_nginx,
             verdict(r.p99_vs_nginx <= 1.0),
+            p99.text(),
             r.vs_chp,
             verdict(r.vs_chp >= CHP_TARGET),
             r.vs_relay,
@@ -974,7 +1067,7 @@ Transfer/sec:      1.70MB
         assert!(p.meets_target(), "{}", p.summary("node0"));
         let s = p.summary("node0");
         assert!(
-            s.contains("1.04× nginx's throughput (target ≥ 1×: met)"),
+            s.contains("1.04× nginx's throughput (target ≥ 1×: met; ahead in 2 of 3 paired rounds"),
             "{s}"
         );
         assert!(s.contains("8.33× configurable-http-proxy"), "{s}");
@@ -983,10 +1076,14 @@ Transfer/sec:      1.70MB
         // Slower than nginx, or a worse p99, misses.
         let slow = report(&[11000.0; 3], 1.9);
         assert!(!slow.meets_target());
-        assert!(slow.summary("node0").contains("(target ≥ 1×: MISSED)"));
+        assert!(slow
+            .summary("node0")
+            .contains("(target ≥ 1×: MISSED; ahead in 0 of 3"));
         let tail = report(&[12500.0; 3], 2.5);
         assert!(!tail.meets_target());
-        assert!(tail.summary("node0").contains("(target ≤ 1×: MISSED)"));
+        assert!(tail
+            .summary("node0")
+            .contains("(target ≤ 1×: MISSED; ahead in 0 of 3"));
 
         // Errors through the proxy miss whatever the speed.
         let mut errs = report(&[12500.0; 3], 1.9);
@@ -998,6 +1095,65 @@ Transfer/sec:      1.70MB
             paths: vec![p, errs],
         };
         assert!(!rep.meets_target());
+    }
+
+    #[test]
+    fn rounds_are_paired_and_sign_tested() {
+        // Throughput 2 rounds ahead, 1 behind; p99 lower in all three. Three rounds can
+        // never tell two ways apart (3 of 3 happens one time in four by chance).
+        let p = report(&[12500.0, 5000.0, 12600.0], 1.9);
+        let (rps, p99) = p.paired();
+        assert_eq!(
+            rps,
+            Paired {
+                better: 2,
+                worse: 1
+            }
+        );
+        assert_eq!(
+            p99,
+            Paired {
+                better: 3,
+                worse: 0
+            }
+        );
+        assert!((p99.sign_test() - 0.25).abs() < 1e-12);
+        let s = p.summary("node0");
+        assert!(
+            s.contains("ahead in 3 of 3 paired rounds, sign test p 0.25: not told apart"),
+            "{s}"
+        );
+        // Ties and missing rounds count for neither.
+        let mut tied = report(&[12000.0, 12000.0, 13000.0], 2.0);
+        tied.ways[Way::Nginx.index()].rounds.pop();
+        assert_eq!(
+            tied.paired(),
+            (
+                Paired {
+                    better: 0,
+                    worse: 0
+                },
+                Paired {
+                    better: 0,
+                    worse: 0
+                }
+            )
+        );
+        assert_eq!(tied.paired().0.sign_test(), 1.0);
+        assert!(tied.paired().0.text().contains("no rounds to compare"));
+
+        // Exact binomial tails: 10 of 15 is chance (p = 2 × 4944 / 2^15), 8 of 9 is not,
+        // in either direction.
+        let p = |better, worse| Paired { better, worse };
+        assert!((p(10, 5).sign_test() - 2.0 * 4944.0 / 32768.0).abs() < 1e-12);
+        assert!((p(8, 1).sign_test() - 20.0 / 512.0).abs() < 1e-12);
+        assert_eq!(p(8, 1).sign_test(), p(1, 8).sign_test());
+        assert!(p(8, 1).text().ends_with("better than nginx's in this run"));
+        assert!(p(1, 8).text().ends_with("worse than nginx's in this run"));
+        assert!(p(5, 4)
+            .text()
+            .ends_with("not told apart from nginx's in this run"));
+        assert_eq!(p(0, 0).sign_test(), 1.0);
     }
 
     #[test]

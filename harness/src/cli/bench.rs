@@ -203,8 +203,10 @@ pub struct BenchProxyArgs {
     /// Whole seconds per round; each way gets ROUNDS rounds per path, alternating.
     #[arg(long, default_value_t = 3)]
     pub round_s: u64,
-    /// Rounds per way and path (the figures are their medians).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds per way and path (the figures are their medians). Against nginx the rounds are
+    /// also compared one by one with a sign test, which needs 6 or more to tell two servers
+    /// apart at all (with 9, one has to be ahead in 8 of them).
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
     #[command(flatten)]
     pub cluster: BenchClusterArgs,

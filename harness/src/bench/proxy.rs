@@ -23,7 +23,9 @@
 //!
 //! Every figure is the median of the rounds (throughput, p50, p99); CPU per request is the
 //! total of the rounds over their requests, for the server (the process tree on the host, or
-//! the gateway container), the leader's container and the client (wrk).
+//! the gateway container), the leader's container and the client (wrk). Against nginx the
+//! rounds are also compared one by one ([`Paired`]), so a verdict says whether the run can
+//! tell the two apart at all.
 
 use super::{up_with_gateway, BenchError, BenchSetup};
 use crate::cluster::Cluster;
@@ -317,7 +319,7 @@ impl Paired {
     }
 
     /// What the rounds say, for the verdict line: e.g. "ahead in 7 of 9 paired rounds,
-    /// sign test p 0.18: not told apart from nginx".
+    /// sign test p 0.18: not told apart from nginx's in this run".
     pub fn text(&self) -> String {
         let n = self.better + self.worse;
         let p = self.sign_test();

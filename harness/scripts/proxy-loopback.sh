@@ -11,12 +11,13 @@
 #              sequential keep-alive requests (one curl connection), the difference divided
 #              by the difference (start-up and shutdown cancel out); load-independent
 #   strace     system calls/request: strace -c -f on the proxy during one wrk round
+# Ways (WAYS): cl clusterlab's proxy, ng nginx as a reverse proxy, rl clusterlab's byte relay
+# (`proxy --relay-to`, one upstream connection per client connection: the floor).
 #
 # Usage: harness/scripts/proxy-loopback.sh [PROXY_BINARY]   (default target/node/proxy,
 #        built with `cargo build --profile node -p proxy --bin proxy`)
-# Environment: KEEP=1 keeps the work directory (callgrind output: cg-*.out), STEPS="bench callgrind strace", ROUNDS=3, SECS=4, CALLS=5000, WAYS="cl ng"
-#              (callgrind and strace: cl clusterlab, ng nginx),
-#              PORT_BASE=18080 (upstream +1, clusterlab +2, nginx proxy +3).
+# Environment: KEEP=1 keeps the work directory (callgrind output: cg-*.out), STEPS="bench callgrind strace", ROUNDS=3, SECS=4, CALLS=5000, WAYS="cl ng",
+#              PORT_BASE=18080 (upstream +1, clusterlab +2, nginx proxy +3, relay +4).
 set -euo pipefail
 
 PROXY=${1:-target/node/proxy}
@@ -28,6 +29,7 @@ PORT_BASE=${PORT_BASE:-18080}
 UP_PORT=$((PORT_BASE + 1))
 CL_PORT=$((PORT_BASE + 2))
 NG_PORT=$((PORT_BASE + 3))
+RL_PORT=$((PORT_BASE + 4))
 PATHS=(/api/status /)
 WAYS=${WAYS:-cl ng}
 
@@ -119,8 +121,14 @@ start_ng() {
     PIDS+=("$PID")
     wait_ready "$NG_PORT" /api/status
 }
-port_of() { [[ $1 == cl ]] && echo "$CL_PORT" || echo "$NG_PORT"; }
-name_of() { [[ $1 == cl ]] && echo "clusterlab proxy" || echo "nginx proxy"; }
+start_rl() {
+    "$@" "$PROXY" --relay-to "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$RL_PORT" >>"$DIR/rl.log" 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+    wait_ready "$RL_PORT" /api/status
+}
+port_of() { case $1 in cl) echo "$CL_PORT" ;; ng) echo "$NG_PORT" ;; rl) echo "$RL_PORT" ;; esac; }
+name_of() { case $1 in cl) echo "clusterlab proxy" ;; ng) echo "nginx proxy" ;; rl) echo "byte relay" ;; esac; }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -137,14 +145,14 @@ wait_ready "$UP_PORT" /api/status
 TCK=$(getconf CLK_TCK)
 
 if [[ $STEPS == *bench* ]]; then
-    start_cl; CL_PID=$PID
-    start_ng; NG_PID=$PID
+    declare -A PID_OF=()
+    for way in $WAYS; do start_$way; PID_OF[$way]=$PID; done
     echo "bench: wrk -t1 -c4 --latency, $ROUNDS alternating rounds of ${SECS} s per proxy and path"
     for path in "${PATHS[@]}"; do
-        for way in cl ng; do wrk -t1 -c4 -d1s "http://127.0.0.1:$(port_of $way)$path" >/dev/null; done
+        for way in $WAYS; do wrk -t1 -c4 -d1s "http://127.0.0.1:$(port_of $way)$path" >/dev/null; done
         for r in $(seq 1 "$ROUNDS"); do
             for way in $WAYS; do
-                pid=$([[ $way == cl ]] && echo "$CL_PID" || echo "$NG_PID")
+                pid=${PID_OF[$way]}
                 out="$DIR/wrk-$way-${path//\//_}-$r.txt"
                 t0=$(cpu_ticks "$pid")
                 wrk -t1 -c4 -d"${SECS}s" --latency "http://127.0.0.1:$(port_of $way)$path" >"$out"
@@ -161,10 +169,13 @@ if [[ $STEPS == *bench* ]]; then
             printf '  %-12s %-17s %8s req/s   p99 %6s ms   CPU µs/request %6s   (rounds: %s req/s)\n' "$path" "$(name_of $way)" \
                 "$(median <"$DIR/rps-$k")" "$(median <"$DIR/p99-$k")" "$(median <"$DIR/cpu-$k")" "$(paste -sd' ' "$DIR/rps-$k")"
         done
-        awk -v a="$(median <"$DIR/rps-cl-${path//\//_}")" -v b="$(median <"$DIR/rps-ng-${path//\//_}")" -v p="$path" \
-            'BEGIN {printf "  %-12s clusterlab / nginx throughput: %.2f×\n", p, a / b}'
+        for other in ng rl; do
+            [[ " $WAYS " == *" cl "* && " $WAYS " == *" $other "* ]] || continue
+            awk -v a="$(median <"$DIR/rps-cl-${path//\//_}")" -v b="$(median <"$DIR/rps-$other-${path//\//_}")" -v p="$path" \
+                -v o="$(name_of "$other")" 'BEGIN {printf "  %-12s clusterlab / %s throughput: %.2f×\n", p, o, a / b}'
+        done
     done
-    stop "$CL_PID"; stop "$NG_PID"
+    for way in $WAYS; do stop "${PID_OF[$way]}"; done
 fi
 
 if [[ $STEPS == *callgrind* ]]; then

@@ -9,7 +9,10 @@
 //! - **proxy / relay / nginx / CHP on the host**: clusterlab's proxy (the very binary of the
 //!   node image, following the leader through etcd), the byte relay, nginx (1 worker,
 //!   keep-alive upstream) and configurable-http-proxy, each started on the host on
-//!   127.0.0.1 in front of the leader's container address.
+//!   127.0.0.1 in front of the leader's container address;
+//! - **a second nginx on the host**: another nginx with the same configuration, measured like
+//!   the others. It is the run's control: the two nginx differ only by chance, so how far
+//!   apart they come out is how large a difference the run cannot tell from noise.
 //!
 //! The peers are compared **on the host** because that is the one place where all four can
 //! run side by side under the same conditions: nginx and configurable-http-proxy are Debian
@@ -25,7 +28,8 @@
 //! total of the rounds over their requests, for the server (the process tree on the host, or
 //! the gateway container), the leader's container and the client (wrk). Against nginx the
 //! rounds are also compared one by one ([`Paired`]), so a verdict says whether the run can
-//! tell the two apart at all.
+//! tell the two apart at all; the second nginx against the first gives the same figures for
+//! two servers known to be alike.
 
 use super::{up_with_gateway, BenchError, BenchSetup};
 use crate::cluster::Cluster;
@@ -226,11 +230,13 @@ pub enum Way {
     HostProxy,
     HostRelay,
     Nginx,
+    /// A second nginx, configured like the first: the control.
+    NginxTwin,
     Chp,
 }
 
 impl Way {
-    pub const ALL: [Way; 8] = [
+    pub const ALL: [Way; 9] = [
         Way::Direct,
         Way::Gateway,
         Way::GatewayIp,
@@ -238,6 +244,7 @@ impl Way {
         Way::HostProxy,
         Way::HostRelay,
         Way::Nginx,
+        Way::NginxTwin,
         Way::Chp,
     ];
 
@@ -250,6 +257,7 @@ impl Way {
             Way::HostProxy => "clusterlab proxy on the host:".into(),
             Way::HostRelay => "byte relay on the host:".into(),
             Way::Nginx => "nginx on the host:".into(),
+            Way::NginxTwin => "a second nginx (control):".into(),
             Way::Chp => "configurable-http-proxy (host):".into(),
         }
     }
@@ -381,11 +389,30 @@ impl PathReport {
 
     /// Throughput and p99 of clusterlab's proxy against nginx's, round by round.
     pub fn paired(&self) -> (Paired, Paired) {
-        let proxy = &self.get(Way::HostProxy).rounds;
+        self.paired_with_nginx(Way::HostProxy)
+    }
+
+    /// Throughput and p99 of `way` against nginx's, round by round.
+    fn paired_with_nginx(&self, way: Way) -> (Paired, Paired) {
+        let a = &self.get(way).rounds;
         let nginx = &self.get(Way::Nginx).rounds;
         (
-            Paired::of(proxy, nginx, Round::rps, true),
-            Paired::of(proxy, nginx, |r| r.p99_ms, false),
+            Paired::of(a, nginx, Round::rps, true),
+            Paired::of(a, nginx, |r| r.p99_ms, false),
+        )
+    }
+
+    /// The control: the second nginx against the first, as throughput and p99 ratios, with
+    /// their paired rounds. Two servers alike come out this far apart by chance alone.
+    pub fn control(&self) -> (f64, f64, Paired, Paired) {
+        let twin = self.get(Way::NginxTwin);
+        let nginx = self.get(Way::Nginx);
+        let (rps, p99) = self.paired_with_nginx(Way::NginxTwin);
+        (
+            twin.rps() / nginx.rps(),
+            twin.p99_ms() / nginx.p99_ms(),
+            rps,
+            p99,
         )
     }
 
@@ -422,6 +449,15 @@ impl PathReport {
             r.vs_relay,
             verdict(r.vs_relay >= RELAY_TARGET),
             self.get(Way::Nginx).rps() / self.get(Way::HostRelay).rps(),
+        ));
+        let (twin_rps, twin_p99, twin_rps_paired, twin_p99_paired) = self.control();
+        out.push_str(&format!(
+            "  control, two identical nginx: the second {:.2}× the first's throughput ({}), p99 {:.2}× ({}); \
+             differences this size are this run's noise\n",
+            twin_rps,
+            twin_rps_paired.text(),
+            twin_p99,
+            twin_p99_paired.text(),
         ));
         let direct = self.get(Way::Direct).rps();
         out.push_str(&format!(
@@ -770,6 +806,7 @@ struct HostServers {
     proxy: (HostServer, String),
     relay: (HostServer, String),
     nginx: (HostServer, String),
+    nginx_twin: (HostServer, String),
     chp: (HostServer, String),
 }
 
@@ -804,19 +841,8 @@ async fn start_host_servers(
         .env("RUST_LOG", "warn");
     let relay = (HostServer::start("relay", cmd, dir)?, base(port));
 
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_config(dir, port, &leader)).map_err(|e| BenchError::Tool {
-        what: format!("writing {}", conf.display()),
-        detail: e.to_string(),
-    })?;
-    let mut cmd = tokio::process::Command::new("nginx");
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"));
-    cmd.arg("-c").arg(&conf);
-    let nginx = (HostServer::start("nginx", cmd, dir)?, base(port));
+    let nginx = start_nginx("nginx", dir, &leader)?;
+    let nginx_twin = start_nginx("nginx-control", dir, &leader)?;
 
     let port = free_port()?;
     let api_port = free_port()?;
@@ -846,14 +872,49 @@ async fn start_host_servers(
         proxy,
         relay,
         nginx,
+        nginx_twin,
         chp,
     };
-    for (server, url) in [&mut s.proxy, &mut s.relay, &mut s.nginx, &mut s.chp] {
+    for (server, url) in [
+        &mut s.proxy,
+        &mut s.relay,
+        &mut s.nginx,
+        &mut s.nginx_twin,
+        &mut s.chp,
+    ] {
         server
             .wait_serving(http, &format!("{url}/api/status"))
             .await?;
     }
     Ok(s)
+}
+
+/// Starts an nginx in front of `leader` on a free port, with its own directory `dir/name`
+/// (configuration, pid file, temporary files) and log `dir/name.log`.
+fn start_nginx(
+    name: &'static str,
+    dir: &Path,
+    leader: &str,
+) -> Result<(HostServer, String), BenchError> {
+    let port = free_port()?;
+    let own = dir.join(name);
+    let conf = own.join("nginx.conf");
+    std::fs::create_dir_all(&own)
+        .and_then(|()| std::fs::write(&conf, nginx_config(&own, port, leader)))
+        .map_err(|e| BenchError::Tool {
+            what: format!("writing {}", conf.display()),
+            detail: e.to_string(),
+        })?;
+    let mut cmd = tokio::process::Command::new("nginx");
+    cmd.arg("-p")
+        .arg(&own)
+        .arg("-e")
+        .arg(own.join("nginx-error.log"));
+    cmd.arg("-c").arg(&conf);
+    Ok((
+        HostServer::start(name, cmd, dir)?,
+        format!("http://127.0.0.1:{port}"),
+    ))
 }
 
 /// Starts the byte relay in the gateway container, to the leader's service, and waits until
@@ -917,8 +978,8 @@ async fn proxy_rounds(
         })?;
     let host = start_host_servers(c, &http, opts, leader_ip, dir.path()).await?;
     progress(&format!(
-        "on the host: proxy {}, relay {}, nginx {}, configurable-http-proxy {}",
-        host.proxy.1, host.relay.1, host.nginx.1, host.chp.1
+        "on the host: proxy {}, relay {}, nginx {} and {}, configurable-http-proxy {}",
+        host.proxy.1, host.relay.1, host.nginx.1, host.nginx_twin.1, host.chp.1
     ));
     let gateway_container = c.names.gateway();
     let leader_container = c.container_name(&leader)?;
@@ -946,6 +1007,7 @@ async fn proxy_rounds(
             Way::HostProxy => host_pid(&host.proxy),
             Way::HostRelay => host_pid(&host.relay),
             Way::Nginx => host_pid(&host.nginx),
+            Way::NginxTwin => host_pid(&host.nginx_twin),
             Way::Chp => host_pid(&host.chp),
         }
     };
@@ -1051,6 +1113,7 @@ Transfer/sec:      1.70MB
             (Way::HostProxy, way(proxy, proxy_p99)),
             (Way::HostRelay, way(&[13000.0; 3], 1.5)),
             (Way::Nginx, way(&[12000.0; 3], 2.0)),
+            (Way::NginxTwin, way(&[12100.0, 11800.0, 12300.0], 2.2)),
             (Way::Chp, way(&[1500.0; 3], 9.0)),
         ] {
             p.ways[w.index()] = r;
@@ -1073,6 +1136,15 @@ Transfer/sec:      1.70MB
             "{s}"
         );
         assert!(s.contains("8.33× configurable-http-proxy"), "{s}");
+        // The control: the second nginx against the first, whatever the proxy did.
+        assert!(
+            s.contains(
+                "control, two identical nginx: the second 1.01× the first's throughput \
+                 (ahead in 2 of 3 paired rounds, sign test p 1.00: not told apart from nginx's in this run), \
+                 p99 1.10× (ahead in 0 of 3 paired rounds, sign test p 0.25"
+            ),
+            "{s}"
+        );
         assert!(s.contains("server  40, leader  20, client   ?"), "{s}");
 
         // Slower than nginx, or a worse p99, misses.

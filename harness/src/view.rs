@@ -32,8 +32,15 @@ const VIEW_CSS: &str = include_str!("view/view.css");
 
 /// Event lines kept for a page that connects later.
 const KEEP_LINES: usize = 300;
-/// How often each node's hosts table is read.
+/// How often each node's hosts table and partition rules are read while the cluster is
+/// changing: for [`STIRRED_FOR`] after any event or action (hostsgen rewrites the tables
+/// when the node keys or the leader change, which the event stream sees too).
 const HOSTS_EVERY: Duration = Duration::from_secs(1);
+/// How long after an event or action the tables are read every [`HOSTS_EVERY`].
+const STIRRED_FOR: Duration = Duration::from_secs(15);
+/// How often they are read on a quiet cluster (where only an edit from outside the
+/// harness could change them). A round costs two `docker exec`s per node.
+const HOSTS_QUIET_EVERY: Duration = Duration::from_secs(5);
 /// Lines and characters per line shown of one node's hosts block.
 const MAX_HOSTS_LINES: usize = 64;
 const MAX_HOSTS_LINE_CHARS: usize = 200;
@@ -153,9 +160,22 @@ struct App {
     authority: Arc<str>,
     live: Arc<Mutex<Live>>,
     tx: broadcast::Sender<Push>,
+    /// When the last event was seen or action done.
+    stirred: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl App {
+    /// Notes that the cluster is changing now.
+    fn stir(&self) {
+        *self.stirred.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether the hosts tables are due for a read at `now`, last read at `last`.
+    fn hosts_due(&self, now: tokio::time::Instant, last: Option<tokio::time::Instant>) -> bool {
+        let stirred = *self.stirred.lock().unwrap_or_else(|e| e.into_inner());
+        reads_due(now, last, stirred)
+    }
+
     /// Reads every node's hosts table and pushes it to the pages when it changed.
     async fn refresh_hosts(&self) {
         let now = read_hosts(&self.cluster).await;
@@ -187,6 +207,7 @@ impl App {
     }
 
     fn record(&self, e: &Event) {
+        self.stir();
         let push = {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
             live.model.apply(&e.change);
@@ -363,6 +384,8 @@ async fn act(
         Ok(m) => (StatusCode::OK, m),
         Err(e) => (StatusCode::CONFLICT, e),
     };
+    // An isolate or heal makes no event: the tables' cut marks change all the same.
+    app.stir();
     (
         code,
         Json(ActionReply {
@@ -451,6 +474,27 @@ async fn read_hosts(c: &Cluster) -> BTreeMap<String, HostsTable> {
     tables
 }
 
+/// Whether a round of reads is due at `now`: the first one, every [`HOSTS_EVERY`] within
+/// [`STIRRED_FOR`] of the last event or action, else every [`HOSTS_QUIET_EVERY`].
+fn reads_due(
+    now: tokio::time::Instant,
+    last: Option<tokio::time::Instant>,
+    stirred: Option<tokio::time::Instant>,
+) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    let changing = stirred.is_some_and(|at| now.saturating_duration_since(at) < STIRRED_FOR);
+    let every = if changing {
+        HOSTS_EVERY
+    } else {
+        HOSTS_QUIET_EVERY
+    };
+    // The ticks come every HOSTS_EVERY, a little late at times: a read is due a tick early
+    // rather than a tick late.
+    now.saturating_duration_since(last) + HOSTS_EVERY / 2 >= every
+}
+
 /// A live view being served.
 #[derive(Debug)]
 pub struct Served {
@@ -496,6 +540,7 @@ pub async fn serve(
             hosts: BTreeMap::new(),
         })),
         tx,
+        stirred: Arc::new(Mutex::new(None)),
     };
     for e in &snap {
         app.record(e);
@@ -514,13 +559,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HOSTS_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = None;
             loop {
                 tick.tick().await;
                 // A round is two `docker exec`s per node (the hosts file, the partition
-                // rules): with 3 nodes, 0.4 of a core here (the whole machine at 52–55 % of a
-                // core with a page open, 13–14 % without). Only while a page is open.
-                if app.watched() {
+                // rules), ~0.2 of a core with 3 nodes at one round a second: so only while
+                // a page is open, and once a second only while the cluster is changing.
+                if !app.watched() {
+                    last = None;
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                if app.hosts_due(now, last) {
                     app.refresh_hosts().await;
+                    last = Some(now);
                 }
             }
         })
@@ -563,6 +615,26 @@ mod tests {
         assert!(!same(&a, &b));
         assert!(!same(&a, &a[..31]));
         assert!(!same(&a, ""));
+    }
+
+    #[test]
+    fn tables_are_read_each_second_while_the_cluster_changes_else_every_five() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The first read is due at once, stirred or not.
+        assert!(reads_due(at(0), None, None));
+        // Quiet: a tick (1 s) after a read is not due, five are (a tick late or a bit early).
+        assert!(!reads_due(at(1000), Some(at(0)), None));
+        assert!(!reads_due(at(4000), Some(at(0)), None));
+        assert!(reads_due(at(4990), Some(at(0)), None));
+        assert!(reads_due(at(5000), Some(at(0)), None));
+        // Within 15 s of an event or action: every tick, even one that comes early.
+        assert!(reads_due(at(1000), Some(at(0)), Some(at(500))));
+        assert!(reads_due(at(990), Some(at(0)), Some(at(500))));
+        assert!(reads_due(at(15_400), Some(at(14_400)), Some(at(500))));
+        // 15 s after it: quiet again.
+        assert!(!reads_due(at(16_500), Some(at(15_500)), Some(at(500))));
+        assert!(reads_due(at(20_500), Some(at(15_500)), Some(at(500))));
     }
 
     #[test]

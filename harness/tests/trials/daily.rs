@@ -771,6 +771,28 @@ async fn drive_view(c: &Cluster, served: &harness::view::Served) -> anyhow::Resu
         log.contains(&format!("{leader} killed (SIGKILL)")),
         "no kill line in the page's events: {log}"
     );
+    // The survivors' hosts tables, read again while the cluster changes, move the host0
+    // badge to the new leader (hostsgen rewrites them within a few seconds of the kill).
+    let badge_js = "Array.from(document.querySelectorAll('.node')).filter(d => d.querySelector('.badge')).map(d => d.id).join(',')";
+    let want = format!("node-{shown}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let badged = b.eval(badge_js).await?;
+        let badged = badged.as_str().unwrap_or("");
+        if badged == want {
+            println!(
+                "page marks {shown} host0 {:.0} ms after the kill was observed",
+                observed.elapsed().as_secs_f64() * 1000.0
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "10 s after the kill the page marks {badged:?} host0, not {shown}; its hosts tables: {}",
+            b.eval("document.getElementById('hosts').textContent").await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let shot = format!("/tmp/{}-view.png", c.spec.name);
     b.screenshot(&shot).await?;
     println!("screenshot: {shot}");

@@ -788,7 +788,7 @@ async fn drive_view(c: &Cluster, served: &harness::view::Served) -> anyhow::Resu
         }
         ensure!(
             Instant::now() < deadline,
-            "10 s after the kill the page marks {badged:?} host0, not {shown}; its hosts tables: {}",
+            "10 s after the page showed leader {shown} it marks {badged:?} host0, not {shown}; its hosts tables: {}",
             b.eval("document.getElementById('hosts').textContent").await?
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
